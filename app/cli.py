@@ -1,0 +1,125 @@
+"""``tensorpress``: run the service (``up``, ``serve``, ``worker``) and manage its database."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_auth(host: str) -> None:
+    from app.core.settings import get_settings
+
+    if get_settings().auth == "disabled" and not _loopback(host):
+        sys.exit(f"refusing to listen on {host} with TENSORPRESS_AUTH=disabled: anyone who can reach it could "
+                 "use it. Listen on 127.0.0.1, or set TENSORPRESS_AUTH=required.")
+
+
+def _serve(host: str, port: int) -> None:
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(create_app(), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+
+
+def _worker_argv(queues: str, concurrency: int) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queues,
+            "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+            "--hostname", f"tensorpress-{queues.replace(',', '-')}@%h-{os.getpid()}"]
+
+
+def _die_with_parent() -> None:
+    """Linux: the embedded worker gets SIGTERM if `tensorpress up` dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    from app.core.db import get_engine
+    from app.core.migrate import upgrade
+    from app.core.settings import get_settings
+
+    _check_auth(args.host)
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    get_engine()
+    upgrade(settings.resolved_database_url)
+    print(f"TensorPress: data in {settings.data_dir.resolve()}, API on http://{args.host}:{args.port}",
+          flush=True)
+    worker = subprocess.Popen(_worker_argv("cpu", 1), preexec_fn=_die_with_parent)
+    try:
+        _serve(args.host, args.port)
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    _check_auth(args.host)
+    _serve(args.host, args.port)
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    argv = _worker_argv(args.queues, args.concurrency)
+    os.execv(argv[0], argv)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> None:
+    from app.core.migrate import upgrade
+    from app.core.settings import get_settings
+
+    settings = get_settings()
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url, args.revision)
+    print(f"database at {args.revision}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tensorpress", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, helptext in (("up", cmd_up, "API and one CPU worker on this machine (embedded default)"),
+                                 ("serve", cmd_serve, "the API only")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8000)
+        p.set_defaults(func=func)
+    p = sub.add_parser("worker", help="a Celery worker for the given queues")
+    p.add_argument("--queues", default="cpu", help="comma-separated: cpu, gpu")
+    p.add_argument("--concurrency", type=int, default=1, help="jobs at once (one per GPU on gpu workers)")
+    p.set_defaults(func=cmd_worker)
+    db = sub.add_parser("db", help="database")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    p = dbsub.add_parser("upgrade", help="migrate the database to the latest revision")
+    p.add_argument("revision", nargs="?", default="head")
+    p.set_defaults(func=cmd_db_upgrade)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Engine and sessions. Only the request's session dependency and ``session_scope()`` commit or roll back."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:  # API and worker processes share the file
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+@lru_cache
+def get_engine() -> Engine:
+    settings = get_settings()
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return make_engine(settings.resolved_database_url)
+
+
+def session_factory() -> sessionmaker[Session]:
+    return sessionmaker(get_engine(), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A unit of work outside a request (workers, CLI): commit on success, roll back on error."""
+    session = session_factory()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        _run_hooks(session, "tp_on_rollback")
+        raise
+    else:
+        _run_hooks(session, "tp_on_commit")
+    finally:
+        session.close()
+
+
+def on_commit(session: Session, action: Callable[[], None] | None,
+              rollback: Callable[[], None] | None = None) -> None:
+    """Run ``action`` once the unit of work commits (e.g. send a task, delete a file), or ``rollback``
+    if it rolls back (e.g. remove a file stored for a row that never landed)."""
+    if action is not None:
+        session.info.setdefault("tp_on_commit", []).append(action)
+    if rollback is not None:
+        session.info.setdefault("tp_on_rollback", []).append(rollback)
+
+
+def _run_hooks(session: Session, key: str) -> None:
+    for hook in session.info.pop(key, []):
+        try:
+            hook()
+        except Exception:  # the transaction's outcome stands; the hook's failure is only logged
+            log.exception("%s hook failed", key)
+
+
+def get_session() -> Iterator[Session]:
+    """FastAPI dependency: one session per request, committed when the endpoint returns normally."""
+    with session_scope() as session:
+        yield session

@@ -1,0 +1,40 @@
+"""Run a helper module in a child process with memory and CPU-time limits and a clean environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from typing import Any
+
+from app.core.errors import TensorPressError, UnprocessableUpload
+
+
+def _limits(memory_bytes: int, cpu_s: int):
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 5))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        os.setsid()
+
+    return apply
+
+
+def run_json(module: str, args: list[str], *, memory_bytes: int, timeout_s: int) -> dict[str, Any]:
+    """Run ``python -I -m module args`` sandboxed and parse the JSON it prints."""
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
+    try:
+        proc = subprocess.run([sys.executable, "-I", "-m", module, *args], capture_output=True, env=env,
+                              timeout=timeout_s, preexec_fn=_limits(memory_bytes, timeout_s), check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise UnprocessableUpload(f"inspecting the upload took longer than {timeout_s} s") from exc
+    if proc.returncode != 0:
+        reason = "it ran out of its memory or CPU limit" if proc.returncode < 0 else "the inspector crashed"
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        raise UnprocessableUpload(f"the upload could not be inspected: {reason} ({tail[0][:300]})")
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise TensorPressError("the inspector answered something that is not JSON") from exc

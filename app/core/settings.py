@@ -1,0 +1,71 @@
+"""Server settings: the one place the server reads its environment.
+
+Every variable has the prefix ``TENSORPRESS_``. Defaults give the embedded setup (one machine, nothing else
+installed): SQLite, artifacts and a file-based Celery broker, all under ``TENSORPRESS_DATA_DIR``, which is
+``./.tensorpress`` in the *current directory* (so two checkouts never share state by accident).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Settings of the API and the workers (see DESIGN.md, "Settings")."""
+
+    model_config = SettingsConfigDict(env_prefix="TENSORPRESS_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path(".tensorpress"),
+        description="SQLite file, local artifacts and local broker folders; relative to the current directory.",
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file `tensorpress.db` in the data dir."
+    )
+    broker_url: str = Field(
+        default="filesystem://",
+        description="Celery broker; `filesystem://` keeps messages in the data dir (no server needed).",
+    )
+    storage_url: str | None = Field(
+        default=None, description="`file:///path` for the artifact store; default: `artifacts/` in the data dir."
+    )
+    max_upload_bytes: int = Field(default=8 << 30, gt=0, description="Largest model or dataset upload.")
+    auth: Literal["disabled", "required"] = Field(
+        default="disabled", description="`disabled` is refused unless the server listens on loopback only."
+    )
+    cache: Literal["on", "off"] = Field(default="on", description="Content-addressed result cache.")
+    job_time_limit_s: int = Field(default=6 * 3600, gt=0, description="Hard limit for one job attempt.")
+    lease_s: int = Field(default=60, ge=2, description="Job lease; a worker renews it every third of this.")
+    max_attempts: int = Field(default=3, ge=1, description="Deliveries of a job before it fails for good.")
+    inspect_memory_bytes: int = Field(
+        default=8 << 30, gt=0, description="Address-space limit of the child process that inspects an upload."
+    )
+    inspect_timeout_s: int = Field(default=120, gt=0, description="Time limit for inspecting one upload.")
+    bench_threads: int = Field(default=2, ge=1, description="Intra-op threads used when measuring latency.")
+    bench_iterations: int = Field(default=50, ge=5, description="Timed runs per batch size when measuring.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'tensorpress.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        if self.storage_url:
+            if not self.storage_url.startswith("file://"):
+                raise ValueError(f"unsupported TENSORPRESS_STORAGE_URL {self.storage_url!r}: use file:///path")
+            return Path(self.storage_url.removeprefix("file://"))
+        return (self.data_dir / "artifacts").resolve()
+
+    @property
+    def broker_dir(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,85 @@
+"""Every SQL statement about jobs. Updates that race with workers are conditional single statements."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.core.pagination import Page, paginate
+from app.models import Job, JobLog
+from app.models.base import utcnow
+
+
+def get(session: Session, tenant: str, job_id: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.id == job_id, Job.tenant == tenant))
+
+
+def list_page(session: Session, tenant: str, page: Page, state: str | None) -> tuple[list[Job], str | None]:
+    stmt = select(Job).where(Job.tenant == tenant)
+    if state:
+        stmt = stmt.where(Job.state == state)
+    return paginate(session, stmt, Job, page)
+
+
+def model_id_of(session: Session, job_id: str) -> str:
+    return session.scalar(select(Job.model_id).where(Job.id == job_id))
+
+
+def add(session: Session, job: Job) -> Job:
+    session.add(job)
+    session.flush()
+    return job
+
+
+def cancel_queued(session: Session, job: Job) -> bool:
+    """Cancel a job no worker has taken yet; False if a worker took it in the meantime."""
+    steps = [{**s, "status": "cancelled"} for s in job.steps]
+    result = session.execute(update(Job).where(Job.id == job.id, Job.state == "queued")
+                             .values(state="cancelled", finished_at=utcnow(), steps=steps,
+                                     waiting_reason=None))
+    session.refresh(job)
+    return result.rowcount == 1
+
+
+def request_cancel(session: Session, job: Job) -> None:
+    session.execute(update(Job).where(Job.id == job.id, Job.state == "running").values(cancel_requested=True))
+    session.refresh(job)
+
+
+def logs(session: Session, job_id: str) -> list[JobLog]:
+    return list(session.scalars(select(JobLog).where(JobLog.job_id == job_id).order_by(JobLog.id)))
+
+
+def add_log(session: Session, job_id: str, message: str, level: str = "info") -> None:
+    session.add(JobLog(job_id=job_id, message=message, level=level))
+
+
+# --- the worker side: claiming and fenced writes -------------------------------------------------------
+
+def claim(session: Session, job_id: str, owner: str, expires_at: datetime) -> int | None:
+    """Take a queued job (or one whose lease expired) for ``owner``; returns the new fencing token."""
+    now = utcnow()
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    claimable = (Job.state == "queued") | ((Job.state == "running") & (Job.lease_expires_at < now))
+    token = job.lease_token + 1
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.lease_token == job.lease_token, claimable)
+        .values(state="running", lease_owner=owner, lease_token=token, lease_expires_at=expires_at,
+                attempt=Job.attempt + 1, started_at=job.started_at or now, waiting_reason=None))
+    return token if result.rowcount == 1 else None
+
+
+def fenced_update(session: Session, job_id: str, token: int, **values: Any) -> bool:
+    """Write ``values`` only if ``token`` still owns the job; False means the lease was lost."""
+    result = session.execute(update(Job).where(Job.id == job_id, Job.lease_token == token,
+                                               Job.state == "running").values(**values))
+    return result.rowcount == 1
+
+
+def cancel_requested(session: Session, job_id: str) -> bool:
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.artifacts.schemas import ArtifactRead
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+StepStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "cancelled"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StepCreate(_Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    pass_: str = Field(alias="pass", description="Registered pass name, e.g. quantize.dynamic")
+    params: dict[str, Any] = Field(default_factory=dict, description="Validated against the pass's schema")
+
+
+class InputBounds(_Strict):
+    shape: list[int] | None = Field(None, description="Concrete shape to generate, batch dimension included")
+    low: float | None = Field(None, description="Smallest generated value (inclusive)")
+    high: float | None = Field(None, description="Upper bound of generated values (exclusive for integers)")
+
+
+class Target(_Strict):
+    device: Literal["cpu", "cuda"] = "cpu"
+    batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1, max_length=8)
+    objective: Literal["latency", "size"] = "latency"
+    inputs: dict[str, InputBounds] = Field(default_factory=dict,
+                                           description="Per-input shape and value bounds for generated inputs")
+
+    @model_validator(mode="after")
+    def _positive(self) -> Target:
+        if any(b < 1 or b > 4096 for b in self.batch_sizes):
+            raise ValueError("batch sizes must be between 1 and 4096")
+        return self
+
+
+class Evaluation(_Strict):
+    metric: str | None = Field(None, description="accuracy, top1_agreement, cosine, …")
+    max_accuracy_drop: float | None = Field(None, ge=0, description="Absolute, in the metric's units")
+
+
+class Webhook(_Strict):
+    url: str = Field(pattern=r"^https?://", max_length=2048)
+
+
+class JobCreate(_Strict):
+    model_id: str | None = None
+    artifact_id: str | None = Field(None, description="Start from an earlier job's artifact instead")
+    steps: list[StepCreate] = Field(min_length=1, max_length=32)
+    datasets: dict[str, str] = Field(default_factory=dict)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    target: Target = Field(default_factory=Target)
+    webhook: Webhook | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JobCreate:
+        if (self.model_id is None) == (self.artifact_id is None):
+            raise ValueError("give exactly one of model_id or artifact_id")
+        return self
+
+
+class StepRead(BaseModel):
+    index: int
+    pass_: str = Field(alias="pass", serialization_alias="pass")
+    params: dict[str, Any]
+    status: StepStatus
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class JobRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    state: JobState
+    queue: str
+    model_id: str
+    artifact_id: str | None = Field(validation_alias="source_artifact_id")
+    progress: float
+    current_step: int | None
+    steps: list[StepRead]
+    datasets: dict[str, str]
+    evaluation: dict[str, Any]
+    target: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    waiting_reason: str | None
+    cache_hit: bool
+    regressed: bool
+    regressions: list[str]
+    metrics: dict[str, Any]
+    artifacts: list[ArtifactRead]
+    error: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobList(BaseModel):
+    items: list[JobRead]
+    next_cursor: str | None

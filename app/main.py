@@ -1,0 +1,22 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from app.artifacts.endpoints import router as artifacts_router
+from app.core.errors import install_handlers
+from app.health.endpoints import router as health_router
+from app.jobs.endpoints import router as jobs_router
+from app.mlmodels.endpoints import router as models_router
+from app.passes.endpoints import router as passes_router
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="TensorPress", version="0.1.0",
+                  description="Compress and accelerate neural networks: upload a model, post a job, "
+                              "download optimized artifacts with a report.")
+    install_handlers(app)
+    for router in (models_router, jobs_router, artifacts_router, passes_router, health_router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,53 @@
+"""Uploaded models: store, inspect, list, delete."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from app.core.db import on_commit
+from app.core.errors import Conflict, NotFound
+from app.core.pagination import Page
+from app.core.storage import LocalStore, StagedFile
+from app.mlmodels import repository
+from app.mlmodels.inspection import inspect_model
+from app.models import Model
+from app.models.base import new_id
+
+EXTENSIONS = {"onnx": "onnx", "torchscript": "pt", "torch_export": "pt2", "onnx_zip": "zip"}
+
+
+def create(session: Session, store: LocalStore, tenant: str, name: str, staged: StagedFile) -> Model:
+    """Inspect a fully received upload and record it; the staged file is consumed either way."""
+    try:
+        staged.finish()
+        info = inspect_model(staged.path)
+        model_id = new_id()
+        key = f"models/{model_id}/model.{EXTENSIONS[info['format']]}"
+        store.commit(staged, key)
+    except BaseException:
+        staged.discard()
+        raise
+    on_commit(session, None, rollback=lambda: store.delete_prefix(f"models/{model_id}"))
+    return repository.add(session, Model(
+        id=model_id, tenant=tenant, name=name, format=info["format"], size_bytes=staged.size,
+        sha256=staged.sha256, storage_key=key, inputs=info["inputs"], outputs=info["outputs"],
+        parameters=info["parameters"], details=info["details"]))
+
+
+def get(session: Session, tenant: str, model_id: str) -> Model:
+    model = repository.get(session, tenant, model_id)
+    if model is None:
+        raise NotFound(f"model {model_id} not found")
+    return model
+
+
+def list_page(session: Session, tenant: str, page: Page) -> tuple[list[Model], str | None]:
+    return repository.list_page(session, tenant, page)
+
+
+def delete(session: Session, store: LocalStore, tenant: str, model_id: str) -> None:
+    model = get(session, tenant, model_id)
+    if repository.used_by_active_job(session, model_id):
+        raise Conflict(f"model {model_id} is used by a queued or running job; cancel it first")
+    repository.delete(session, model)
+    on_commit(session, lambda: store.delete_prefix(f"models/{model_id}"))

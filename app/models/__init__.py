@@ -1,0 +1,8 @@
+"""ORM classes, one file per table. Importing this package registers every table on ``Base.metadata``."""
+
+from app.models.artifact import Artifact
+from app.models.base import Base
+from app.models.job import Job, JobLog
+from app.models.model import Model
+
+__all__ = ["Artifact", "Base", "Job", "JobLog", "Model"]

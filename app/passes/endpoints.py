@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from workers.passes import REGISTRY
+
+router = APIRouter(prefix="/v1", tags=["passes"])
+
+
+@router.get("/passes")
+def list_passes():
+    """Every registered pass: formats, parameter schema, availability here, queue."""
+    items = []
+    for spec in sorted(REGISTRY.values(), key=lambda s: s.name):
+        reason = spec.unavailable_reason()
+        items.append({"name": spec.name, "description": spec.description, "accepts": list(spec.accepts),
+                      "produces": spec.produces, "params_schema": spec.params.model_json_schema(),
+                      "datasets": list(spec.datasets), "available": reason is None,
+                      "unavailable_reason": reason, "queue": spec.queue})
+    return {"items": items}

@@ -1,0 +1,93 @@
+"""What every pass is made of (after Olive's pass registry and torchao's config/handler split).
+
+A pass is one unit of technique in one file under ``workers/passes/<family>/``. It declares a stable dotted
+name, the model formats it accepts and the one it produces, the queue it needs, and a frozen pydantic
+parameter model with a description on every field — the JSON schema that ``GET /v1/passes`` shows and that
+the API validates recipes against. Its ``run(ctx, params)`` gets a :class:`PassContext` and returns a
+:class:`PassResult`; it never touches the database, Celery or HTTP, and imports heavy libraries inside ``run``
+so that the API can import this package without loading torch or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+ModelFormat = Literal["onnx", "torchscript", "torch_export"]
+Queue = Literal["cpu", "gpu"]
+
+
+class PassParams(BaseModel):
+    """Base of every parameter model: frozen, validated on construction, unknown keys refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Cancelled(Exception):
+    """Raised inside a pass (via ``ctx.check_cancelled()``) when the job's cancellation was requested."""
+
+
+@dataclass
+class PassContext:
+    """Everything a pass may use. Paths are local files; the work directory is the pass's own."""
+
+    model_path: Path
+    model_format: str
+    work_dir: Path
+    datasets: dict[str, Path] = field(default_factory=dict)
+    device: str = "cpu"
+    target: dict[str, Any] = field(default_factory=dict)
+    progress: Callable[[float], None] = lambda fraction: None
+    is_cancelled: Callable[[], bool] = lambda: False
+    log: Callable[[str], None] = lambda message: None
+
+    def check_cancelled(self) -> None:
+        if self.is_cancelled():
+            raise Cancelled("cancellation requested")
+
+
+@dataclass
+class PassResult:
+    """The pass's output model, its format, and what it measured about its own work."""
+
+    model_path: Path
+    format: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    name: str
+    description: str
+    accepts: tuple[str, ...]
+    produces: str
+    params: type[PassParams]
+    run: Callable[[PassContext, Any], PassResult]
+    queue: Queue = "cpu"
+    requires: tuple[str, ...] = ()
+    datasets: tuple[str, ...] = ()
+
+    @property
+    def family(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    def unavailable_reason(self) -> str | None:
+        """Why this deployment can never run the pass (a library it needs is not installed), else None."""
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        return f"not installed here: {', '.join(missing)}" if missing else None
+
+
+REGISTRY: dict[str, PassSpec] = {}
+
+
+def register(spec: PassSpec) -> PassSpec:
+    if spec.name in REGISTRY:
+        raise ValueError(f"pass {spec.name} registered twice")
+    REGISTRY[spec.name] = spec
+    return spec

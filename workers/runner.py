@@ -1,0 +1,206 @@
+"""The pipeline runner: lease a job, run its steps, evaluate, store artifacts and metrics.
+
+Every write about the job carries the lease's fencing token: if another worker took the job over (this one
+was presumed dead), the write is refused and this runner stops without touching anything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from app.core.db import on_commit, session_scope
+from app.core.settings import get_settings
+from app.core.storage import get_store
+from app.jobs import repository as jobs
+from app.models import Artifact, Job, Model
+from app.models.base import new_id, utcnow
+from workers import evaluation
+from workers.passes import REGISTRY, Cancelled, PassContext
+
+log = logging.getLogger(__name__)
+STEPS_SHARE = 0.9  # of the progress bar; measuring original and result takes the rest
+EXTENSIONS = {"onnx": "onnx", "torchscript": "pt", "torch_export": "pt2"}
+
+
+class LeaseLost(Exception):
+    """Another worker owns the job now; this one must stop writing."""
+
+
+class JobRun:
+    def __init__(self, job_id: str, owner: str) -> None:
+        self.job_id = job_id
+        self.owner = owner
+        self.settings = get_settings()
+        self.store = get_store()
+        self.token: int | None = None
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+
+    # --- lease ---------------------------------------------------------------------------------------
+    def claim(self) -> bool:
+        with session_scope() as session:
+            self.token = jobs.claim(session, self.job_id, self.owner, self._expiry())
+        return self.token is not None
+
+    def _expiry(self):
+        return utcnow() + timedelta(seconds=self.settings.lease_s)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.settings.lease_s / 3):
+            try:
+                with session_scope() as session:
+                    if not jobs.fenced_update(session, self.job_id, self.token, lease_expires_at=self._expiry()):
+                        self.lost.set()
+                        return
+            except Exception:  # a database hiccup: try again at the next beat, the lease has slack
+                log.exception("lease renewal failed for job %s", self.job_id)
+
+    def update(self, **values: Any) -> None:
+        with session_scope() as session:
+            if not jobs.fenced_update(session, self.job_id, self.token, **values):
+                raise LeaseLost(self.job_id)
+
+    def log(self, message: str, level: str = "info") -> None:
+        with session_scope() as session:
+            jobs.add_log(session, self.job_id, message, level)
+
+    def cancelled(self) -> bool:
+        if self.lost.is_set():
+            raise LeaseLost(self.job_id)
+        with session_scope() as session:
+            return jobs.cancel_requested(session, self.job_id)
+
+    # --- the run -------------------------------------------------------------------------------------
+    def run(self) -> None:
+        if not self.claim():
+            log.info("job %s is not claimable (finished, cancelled or leased elsewhere)", self.job_id)
+            return
+        beat = threading.Thread(target=self._heartbeat, name=f"lease-{self.job_id}", daemon=True)
+        beat.start()
+        work_dir = Path(tempfile.mkdtemp(prefix=f"tensorpress-{self.job_id}-"))
+        try:
+            self._run(work_dir)
+        except LeaseLost:
+            log.warning("lease of job %s was lost; another worker owns it", self.job_id)
+        finally:
+            self._stop.set()
+            beat.join(timeout=5)
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    def _run(self, work_dir: Path) -> None:
+        with session_scope() as session:
+            job = session.get(Job, self.job_id)
+            steps = [dict(s) for s in job.steps]
+            target, attempt = dict(job.target), job.attempt
+            model = session.get(Model, job.model_id)
+            specs = model.inputs if model else []
+            if job.source_artifact_id:
+                source = session.get(Artifact, job.source_artifact_id)
+                path, fmt = self.store.path(source.storage_key), source.format
+            else:
+                path, fmt = self.store.path(model.storage_key), model.format
+        self.log(f"attempt {attempt} started by {self.owner}")
+        current_index: int | None = None
+        try:
+            self.update(progress=0.0, current_step=None)
+            feeds = evaluation.generate_inputs(specs, max(target["batch_sizes"]), target.get("inputs", {}), 1)
+            original, reference = self._measure(path, fmt, specs, target, feeds)
+            self.update(metrics={"original": original})
+            for step in steps:
+                current_index = step["index"]
+                if self.cancelled():
+                    raise Cancelled("cancellation requested")
+                path, fmt = self._run_step(step, steps, path, fmt, work_dir, target)
+            current_index = None
+            result, outputs = self._measure(path, fmt, specs, target, feeds)
+            result["fidelity"] = evaluation.fidelity(reference, outputs)
+            self.log(f"result: {result['size_bytes']} bytes ({result['size_bytes'] / original['size_bytes']:.2f}× "
+                     f"the original), fidelity {result['fidelity']}")
+            self._finish("succeeded", steps, metrics={"original": original, "result": result}, progress=1.0)
+        except Cancelled:
+            self._mark_rest(steps, "cancelled")
+            self.log("cancelled")
+            self._finish("cancelled", steps)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            self.log(f"failed{'' if current_index is None else f' in step {current_index}'}: {exc}\n"
+                     f"{traceback.format_exc()}", level="error")
+            self._mark_rest(steps, "skipped", failed=current_index)
+            self._finish("failed", steps, error={
+                "type": "https://tensorpress.dev/problems/job-failed", "title": "Job failed",
+                "status": 500, "detail": str(exc) or type(exc).__name__, "step": current_index,
+                "exception": type(exc).__name__})
+
+    def _measure(self, path, fmt, specs, target, feeds):
+        metrics, outputs = evaluation.measure(path, fmt, specs, target, threads=self.settings.bench_threads,
+                                              iterations=self.settings.bench_iterations, fidelity_feeds=feeds)
+        return metrics, outputs
+
+    def _run_step(self, step: dict, steps: list[dict], path: Path, fmt: str, work_dir: Path,
+                  target: dict) -> tuple[Path, str]:
+        index, total = step["index"], len(steps)
+        spec = REGISTRY[step["pass"]]
+        params = spec.params.model_validate(step["params"])
+        step.update(status="running", started_at=utcnow().isoformat())
+        self.update(steps=steps, current_step=index, progress=STEPS_SHARE * index / total)
+        self.log(f"step {index} {spec.name} started with {params.model_dump(mode='json')}")
+        step_dir = work_dir / f"step{index}"
+        step_dir.mkdir()
+        last_progress = [0.0]
+
+        def progress(fraction: float) -> None:
+            fraction = min(max(fraction, 0.0), 1.0)
+            if fraction - last_progress[0] >= 0.02 or fraction == 1.0:
+                last_progress[0] = fraction
+                self.update(progress=STEPS_SHARE * (index + fraction) / total)
+
+        ctx = PassContext(model_path=path, model_format=fmt, work_dir=step_dir, target=target,
+                          progress=progress, is_cancelled=self.cancelled,
+                          log=lambda message: self.log(f"step {index}: {message}"))
+        result = spec.run(ctx, params)
+        artifact = self._store_artifact(index, spec.name, result)
+        step.update(status="succeeded", finished_at=utcnow().isoformat(),
+                    metrics={**result.metrics, "artifact_id": artifact["id"], "size_bytes": artifact["size"]})
+        self.update(steps=steps, progress=STEPS_SHARE * (index + 1) / total)
+        self.log(f"step {index} {spec.name} succeeded: {artifact['size']} bytes, artifact {artifact['id']}")
+        return result.model_path, result.format
+
+    def _store_artifact(self, index: int, pass_name: str, result) -> dict[str, Any]:
+        artifact_id = new_id()
+        filename = f"{self.job_id[:8]}-step{index}-{pass_name}.{EXTENSIONS.get(result.format, 'bin')}"
+        key = f"artifacts/{artifact_id}/{filename}"
+        size, sha256 = self.store.put_file(result.model_path, key)
+        with session_scope() as session:
+            on_commit(session, None, rollback=lambda: self.store.delete_prefix(f"artifacts/{artifact_id}"))
+            if not jobs.fenced_update(session, self.job_id, self.token, lease_expires_at=self._expiry()):
+                raise LeaseLost(self.job_id)
+            tenant = session.get(Job, self.job_id).tenant
+            session.add(Artifact(id=artifact_id, tenant=tenant, job_id=self.job_id, step=index,
+                                 format=result.format, filename=filename, size_bytes=size, sha256=sha256,
+                                 storage_key=key, metadata_={"pass": pass_name, **result.metadata}))
+        return {"id": artifact_id, "size": size}
+
+    def _mark_rest(self, steps: list[dict], status: str, failed: int | None = None) -> None:
+        """Close the steps that did not finish: the failed one, and the rest as ``status``."""
+        now = utcnow().isoformat()
+        for step in steps:
+            if step["index"] == failed:
+                step.update(status="failed", finished_at=now)
+            elif step["status"] in ("pending", "running"):
+                step.update(status=status, finished_at=now if step["status"] == "running" else None)
+
+    def _finish(self, state: str, steps: list[dict], **values: Any) -> None:
+        self.update(state=state, steps=steps, finished_at=utcnow(), lease_expires_at=None,
+                    current_step=None, **values)
+
+
+def run_job(job_id: str, owner: str) -> None:
+    JobRun(job_id, owner).run()
