@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+
+from tests.app.test_models_api import assert_problem
+
+
+def submit(client, model_id: str, steps=None, **extra):
+    payload = {"model_id": model_id, "steps": steps or [{"pass": "quantize.dynamic"}], **extra}
+    return client.post("/v1/jobs", json=payload)
+
+
+def broker_messages(data_dir) -> list[dict]:
+    return [json.loads(p.read_text()) for p in (data_dir / "broker" / "queue").glob("*.msg")]
+
+
+def test_submit_records_the_job_then_sends_it(client, uploaded_model, env):
+    response = submit(client, uploaded_model["id"], [{"pass": "quantize.dynamic", "params": {"per_channel": False}}],
+                      target={"batch_sizes": [1, 4]})
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["state"] == "queued" and job["queue"] == "cpu" and job["progress"] == 0
+    assert job["steps"][0]["pass"] == "quantize.dynamic" and job["steps"][0]["status"] == "pending"
+    assert job["steps"][0]["params"]["per_channel"] is False and job["steps"][0]["params"]["weight_type"] == "int8"
+    assert job["regressed"] is False and job["cache_hit"] is False and job["artifacts"] == []
+    assert job["target"]["batch_sizes"] == [1, 4]
+    messages = broker_messages(env)
+    assert len(messages) == 1 and messages[0]["headers"]["task"] == "jobs.run"
+    assert job["id"] in messages[0]["headers"]["argsrepr"]
+    assert client.get(f"/v1/jobs/{job['id']}").json()["id"] == job["id"]
+    assert "queued on cpu: quantize.dynamic" in client.get(f"/v1/jobs/{job['id']}/logs").text
+
+
+def test_bad_recipes_name_the_field(client, uploaded_model, env):
+    mid = uploaded_model["id"]
+    cases = [
+        (submit(client, mid, [{"pass": "quantize.dynamic"}, {"pass": "prune.nonsense"}]), ["steps", 1, "pass"]),
+        (submit(client, mid, [{"pass": "quantize.dynamic", "params": {"per_channel": "maybe"}}]),
+         ["steps", 0, "params", "per_channel"]),
+        (submit(client, mid, [{"pass": "quantize.dynamic", "params": {"bits": 4}}]), ["steps", 0, "params", "bits"]),
+        (submit(client, mid, [{"pass": "quantize.dynamic", "params": {"op_types": []}}]),
+         ["steps", 0, "params", "op_types"]),
+        (submit(client, "0" * 32), ["model_id"]),
+        (client.post("/v1/jobs", json={"model_id": mid, "steps": []}), ["steps"]),
+        (submit(client, mid, target={"batch_sizes": [0]}), ["target"]),
+        (submit(client, mid, colour="blue"), ["colour"]),
+    ]
+    for response, loc in cases:
+        body = assert_problem(response, 422)
+        assert loc in [e["loc"] for e in body["errors"]], (loc, body)
+    assert client.get("/v1/jobs").json()["items"] == []
+    assert broker_messages(env) == []
+
+
+def test_not_json_is_422(client):
+    response = client.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"})
+    assert_problem(response, 422)
+
+
+def test_list_filters_by_state_and_cancel(client, uploaded_model):
+    first = submit(client, uploaded_model["id"]).json()
+    second = submit(client, uploaded_model["id"]).json()
+    cancelled = client.post(f"/v1/jobs/{first['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert cancelled.json()["steps"][0]["status"] == "cancelled"
+    assert [j["id"] for j in client.get("/v1/jobs?state=queued").json()["items"]] == [second["id"]]
+    assert [j["id"] for j in client.get("/v1/jobs?state=cancelled").json()["items"]] == [first["id"]]
+    assert len(client.get("/v1/jobs").json()["items"]) == 2
+    assert_problem(client.post(f"/v1/jobs/{first['id']}/cancel"), 409)
+    assert_problem(client.get("/v1/jobs?state=sleeping"), 422)
+    assert_problem(client.post(f"/v1/jobs/{'f' * 32}/cancel"), 404)
+    assert_problem(client.get(f"/v1/jobs/{'f' * 32}/logs"), 404)
+
+
+def test_model_in_use_cannot_be_deleted(client, uploaded_model):
+    job = submit(client, uploaded_model["id"]).json()
+    assert_problem(client.delete(f"/v1/models/{uploaded_model['id']}"), 409)
+    client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert client.delete(f"/v1/models/{uploaded_model['id']}").status_code == 204
+
+
+def test_passes_are_listed_with_their_schema(client):
+    items = {p["name"]: p for p in client.get("/v1/passes").json()["items"]}
+    dynamic = items["quantize.dynamic"]
+    assert dynamic["accepts"] == ["onnx"] and dynamic["produces"] == "onnx" and dynamic["queue"] == "cpu"
+    assert dynamic["available"] is True and dynamic["unavailable_reason"] is None
+    props = dynamic["params_schema"]["properties"]
+    assert set(props) >= {"per_channel", "op_types", "weight_type"}
+    assert all(p.get("description") for p in props.values())
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok", "store": "ok"}
+    assert client.get("/openapi.json").json()["info"]["title"] == "TensorPress"
