@@ -1,0 +1,36 @@
+# `make run` starts the service (embedded: SQLite, local artifacts, file broker); `make test` runs the suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU build of torch; on this project's machines pip finds 2.13.0 locally. Elsewhere, add
+# `--index-url https://download.pytorch.org/whl/cpu` to avoid a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: run test install install-test lint bench
+
+run: install
+	$(VENV)/bin/tensorpress up
+
+test: install-test
+	$(PY) -m pytest
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+lint: install-test
+	$(VENV)/bin/ruff check app workers tests benchmarks migrations
+	$(VENV)/bin/lint-imports
+
+bench: install-test
+	$(PY) benchmarks/service_vs_script.py
+	$(PY) benchmarks/upload.py
