@@ -1,4 +1,5 @@
 from alembic import context
+
 from app.core.db import make_engine
 from app.core.settings import get_settings
 from app.models import Base

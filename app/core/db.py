@@ -6,7 +6,9 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Annotated
 
+from fastapi import Depends
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -82,3 +84,7 @@ def get_session() -> Iterator[Session]:
     """FastAPI dependency: one session per request, committed when the endpoint returns normally."""
     with session_scope() as session:
         yield session
+
+
+# scope="function": the commit happens before the response is sent, so a 201/202 means the row is there.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import json
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Query
+from fastapi import Depends, Query
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import Session
 
@@ -22,6 +22,9 @@ class Page:
     def __init__(self, limit: int = Query(50, ge=1, le=200), cursor: str | None = Query(None)) -> None:
         self.limit = limit
         self.cursor = cursor
+
+
+PageDep = Annotated[Page, Depends()]
 
 
 def paginate(session: Session, stmt: Select, entity: Any, page: Page) -> tuple[list[Any], str | None]:

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse, Response
-from sqlalchemy.orm import Session
 
-from app.core.db import get_session
-from app.core.pagination import Page
-from app.core.tenancy import current_tenant
+from app.core.db import SessionDep
+from app.core.pagination import PageDep
+from app.core.tenancy import TenantDep
 from app.jobs import service
 from app.jobs.schemas import JobCreate, JobList, JobRead, JobState
 
@@ -14,8 +13,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
 @router.post("", status_code=202, response_model=JobRead)
-def create_job(payload: JobCreate, response: Response, session: Session = Depends(get_session),
-               tenant: str = Depends(current_tenant)):
+def create_job(payload: JobCreate, response: Response, session: SessionDep, tenant: TenantDep):
     """Submit a job; answers 202 with its Location once the job is recorded."""
     job = service.create(session, tenant, payload)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -23,26 +21,26 @@ def create_job(payload: JobCreate, response: Response, session: Session = Depend
 
 
 @router.get("", response_model=JobList)
-def list_jobs(state: JobState | None = Query(None), page: Page = Depends(),
-              session: Session = Depends(get_session), tenant: str = Depends(current_tenant)):
+def list_jobs(page: PageDep, session: SessionDep, tenant: TenantDep,
+              state: JobState | None = Query(None)):
     """List jobs, newest first, optionally filtered by state."""
     items, next_cursor = service.list_page(session, tenant, page, state)
     return {"items": items, "next_cursor": next_cursor}
 
 
 @router.get("/{job_id}", response_model=JobRead)
-def get_job(job_id: str, session: Session = Depends(get_session), tenant: str = Depends(current_tenant)):
+def get_job(job_id: str, session: SessionDep, tenant: TenantDep):
     """Get one job with its steps, metrics and artifacts."""
     return service.get(session, tenant, job_id)
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)
-def cancel_job(job_id: str, session: Session = Depends(get_session), tenant: str = Depends(current_tenant)):
+def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep):
     """Cancel a job: at once when queued, at the next check when running."""
     return service.cancel(session, tenant, job_id)
 
 
 @router.get("/{job_id}/logs", response_class=PlainTextResponse)
-def job_logs(job_id: str, session: Session = Depends(get_session), tenant: str = Depends(current_tenant)):
+def job_logs(job_id: str, session: SessionDep, tenant: TenantDep):
     """The job's log as text: what each step did, warnings, the traceback of a failure."""
     return service.logs_text(session, tenant, job_id)

@@ -2,17 +2,16 @@ from __future__ import annotations
 
 import re
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from sqlalchemy.orm import Session
 
-from app.core.db import get_session
+from app.core.db import SessionDep
 from app.core.downloads import download
-from app.core.pagination import Page
+from app.core.pagination import PageDep
 from app.core.settings import get_settings
 from app.core.storage import get_store
-from app.core.tenancy import current_tenant
+from app.core.tenancy import TenantDep
 from app.core.uploads import receive
 from app.mlmodels import service
 from app.mlmodels.schemas import ModelList, ModelRead
@@ -33,8 +32,8 @@ def clean_name(name: str | None, fallback: str) -> str:
 
 
 @router.post("", status_code=201, response_model=ModelRead, openapi_extra=UPLOAD_BODY)
-async def upload_model(request: Request, name: str | None = Query(None, max_length=255),
-                       session: Session = Depends(get_session), tenant: str = Depends(current_tenant)):
+async def upload_model(request: Request, session: SessionDep, tenant: TenantDep,
+                       name: str | None = Query(None, max_length=255)):
     """Upload a model (raw body with ?name=, or multipart field `file`); answers once stored and inspected."""
     store = get_store()
     staged = store.stage(get_settings().max_upload_bytes)
@@ -48,29 +47,27 @@ async def upload_model(request: Request, name: str | None = Query(None, max_leng
 
 
 @router.get("", response_model=ModelList)
-def list_models(page: Page = Depends(), session: Session = Depends(get_session),
-                tenant: str = Depends(current_tenant)):
+def list_models(page: PageDep, session: SessionDep, tenant: TenantDep):
     """List models, newest first."""
     items, next_cursor = service.list_page(session, tenant, page)
     return {"items": items, "next_cursor": next_cursor}
 
 
 @router.get("/{model_id}", response_model=ModelRead)
-def get_model(model_id: str, session: Session = Depends(get_session), tenant: str = Depends(current_tenant)):
+def get_model(model_id: str, session: SessionDep, tenant: TenantDep):
     """Get one model."""
     return service.get(session, tenant, model_id)
 
 
 @router.delete("/{model_id}", status_code=204)
-def delete_model(model_id: str, session: Session = Depends(get_session), tenant: str = Depends(current_tenant)):
+def delete_model(model_id: str, session: SessionDep, tenant: TenantDep):
     """Delete a model and its file (refused while a queued or running job uses it)."""
     service.delete(session, get_store(), tenant, model_id)
     return Response(status_code=204)
 
 
 @router.get("/{model_id}/download")
-def download_model(model_id: str, request: Request, session: Session = Depends(get_session),
-                   tenant: str = Depends(current_tenant)):
+def download_model(model_id: str, request: Request, session: SessionDep, tenant: TenantDep):
     """Download the model file as uploaded."""
     model = service.get(session, tenant, model_id)
     suffix = model.storage_key.rsplit(".", 1)[-1]

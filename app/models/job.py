@@ -7,7 +7,6 @@ from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Inte
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.models.artifact import Artifact
-
 from app.models.base import Base, UTCDateTime, new_id, utcnow
 
 ACTIVE_STATES = ("queued", "running")
