@@ -34,6 +34,10 @@ def add(session: Session, job: Job) -> Job:
     return job
 
 
+def mark_sent(session: Session, job_id: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id, Job.enqueued_at.is_(None)).values(enqueued_at=utcnow()))
+
+
 def cancel_queued(session: Session, job: Job) -> bool:
     """Cancel a job no worker has taken yet; False if a worker took it in the meantime."""
     steps = [{**s, "status": "cancelled"} for s in job.steps]

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.artifacts import repository as artifacts
-from app.core.db import on_commit
+from app.core.db import on_commit, session_scope
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.core.pagination import Page
 from app.core.queue import send_job
@@ -17,7 +17,6 @@ from app.jobs import repository
 from app.jobs.schemas import JobCreate
 from app.mlmodels import repository as models
 from app.models import Job, JobLog
-from app.models.base import utcnow
 from workers.passes import REGISTRY
 
 
@@ -75,11 +74,18 @@ def create(session: Session, tenant: str, payload: JobCreate) -> Job:
         datasets=payload.datasets, evaluation=payload.evaluation.model_dump(mode="json", exclude_none=True),
         target=payload.target.model_dump(mode="json", exclude_defaults=False),
         webhook=payload.webhook.model_dump(mode="json") if payload.webhook else None,
-        max_attempts=get_settings().max_attempts, enqueued_at=utcnow()))
+        max_attempts=get_settings().max_attempts))
     session.add(JobLog(job_id=job.id, message=f"queued on {queue}: " + " → ".join(s["pass"] for s in steps)))
     job_id = job.id
-    on_commit(session, lambda: send_job(job_id, queue))  # the row exists before any worker can look
+    on_commit(session, lambda: dispatch(job_id, queue))  # the row exists before any worker can look
     return job
+
+
+def dispatch(job_id: str, queue: str) -> None:
+    """Send the job's task, then record that it was sent: workers' recovery re-sends jobs never marked."""
+    send_job(job_id, queue)
+    with session_scope() as session:
+        repository.mark_sent(session, job_id)
 
 
 def get(session: Session, tenant: str, job_id: str) -> Job:

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from tests.app.test_jobs_api import broker_messages, submit
+from tests.workers.test_runner import job_row, run, set_job
+
+
+def test_expired_lease_is_requeued_and_resent(client, uploaded_model, env):
+    from app.models.base import utcnow
+    from workers.recovery import recover_once
+
+    job_id = submit(client, uploaded_model["id"]).json()["id"]
+    assert job_row(job_id).enqueued_at is not None
+    set_job(job_id, state="running", lease_owner="dead-worker", lease_token=1, attempt=1,
+            lease_expires_at=utcnow() - timedelta(seconds=5))
+    assert recover_once() == {"requeued": 1, "failed": 0, "resent": 1}
+    job = job_row(job_id)
+    assert job.state == "queued" and job.attempt == 1 and job.enqueued_at is not None
+    assert len(broker_messages(env)) == 2
+    assert "lease of dead-worker expired during attempt 1; queued again" in client.get(f"/v1/jobs/{job_id}/logs").text
+    run(job_id)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["state"] == "succeeded" and job["attempt"] == 2
+
+
+def test_last_attempt_lost_fails_the_job_with_the_reason(client, uploaded_model):
+    from app.models.base import utcnow
+    from workers.recovery import recover_once
+
+    job_id = submit(client, uploaded_model["id"]).json()["id"]
+    set_job(job_id, state="running", lease_owner="dead-worker", lease_token=3, attempt=3,
+            lease_expires_at=utcnow() - timedelta(seconds=5))
+    assert recover_once()["failed"] == 1
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["state"] == "failed" and job["error"]["title"] == "Worker lost"
+    assert "no attempts left" in job["error"]["detail"]
+    assert recover_once() == {"requeued": 0, "failed": 0, "resent": 0}
+
+
+def test_a_job_whose_task_was_never_sent_is_sent(client, uploaded_model, env):
+    from app.models.base import utcnow
+    from workers.recovery import recover_once
+
+    job_id = submit(client, uploaded_model["id"]).json()["id"]
+    set_job(job_id, enqueued_at=None, created_at=utcnow() - timedelta(minutes=1))
+    assert recover_once()["resent"] == 1
+    assert job_row(job_id).enqueued_at is not None and len(broker_messages(env)) == 2

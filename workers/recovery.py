@@ -1,0 +1,82 @@
+"""Recovery, run by every worker: no job stays ``running`` forever, and no job waits on a message that was
+never sent.
+
+- A running job whose lease expired (its worker died or hung) is queued again and re-sent, or failed with the
+  reason once it has used all its attempts. The conditional update names the old fencing token, so when
+  several workers recover at once only one wins.
+- A queued job whose task was never sent (the broker was down when it was submitted: ``enqueued_at`` is null)
+  is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from app.core.db import session_scope
+from app.core.settings import get_settings
+from app.jobs import repository as jobs
+from app.jobs.service import dispatch
+from app.models import Job
+from app.models.base import utcnow
+
+log = logging.getLogger(__name__)
+UNSENT_GRACE_S = 5
+
+
+def recover_once() -> dict[str, int]:
+    now = utcnow()
+    counts = {"requeued": 0, "failed": 0, "resent": 0}
+    with session_scope() as session:
+        expired = list(session.scalars(select(Job).where(Job.state == "running", Job.lease_expires_at < now)))
+        unsent = [tuple(row) for row in session.execute(select(Job.id, Job.queue).where(
+            Job.state == "queued", Job.enqueued_at.is_(None),
+            Job.created_at < now - timedelta(seconds=UNSENT_GRACE_S)))]
+    for job in expired:
+        retry = job.attempt < job.max_attempts
+        values = ({"state": "queued", "enqueued_at": None, "lease_owner": None, "lease_expires_at": None}
+                  if retry else
+                  {"state": "failed", "finished_at": now, "lease_expires_at": None, "error": {
+                      "type": "https://tensorpress.dev/problems/worker-lost", "title": "Worker lost",
+                      "status": 500, "step": job.current_step,
+                      "detail": f"the worker running attempt {job.attempt} of {job.max_attempts} stopped "
+                                f"renewing its lease ({job.lease_owner}); no attempts left"}})
+        with session_scope() as session:
+            taken = session.execute(update(Job).where(Job.id == job.id, Job.lease_token == job.lease_token,
+                                                      Job.state == "running", Job.lease_expires_at < now)
+                                    .values(**values)).rowcount == 1
+            if taken:
+                jobs.add_log(session, job.id, f"lease of {job.lease_owner} expired during attempt {job.attempt}; "
+                             + ("queued again" if retry else "failing the job: no attempts left"), "warning")
+        if taken:
+            counts["requeued" if retry else "failed"] += 1
+            if retry:
+                unsent.append((job.id, job.queue))
+    for job_id, queue in unsent:
+        try:
+            dispatch(job_id, queue)
+            counts["resent"] += 1
+        except Exception:
+            log.exception("could not send job %s; will try again", job_id)
+    return counts
+
+
+def start_loop() -> threading.Event:
+    """Run :func:`recover_once` every half lease in a daemon thread; set the returned event to stop."""
+    stop = threading.Event()
+    interval = max(get_settings().lease_s / 2, 1)
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                counts = recover_once()
+                if any(counts.values()):
+                    log.warning("recovery: %s", counts)
+            except Exception:
+                log.exception("recovery pass failed")
+
+    threading.Thread(target=loop, name="tensorpress-recovery", daemon=True).start()
+    return stop
