@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from app.artifacts.endpoints import router as artifacts_router
 from app.core.errors import install_handlers
+from app.datasets.endpoints import router as datasets_router
 from app.health.endpoints import router as health_router
 from app.jobs.endpoints import router as jobs_router
 from app.mlmodels.endpoints import router as models_router
@@ -17,6 +18,6 @@ def create_app() -> FastAPI:
                   description="Compress and accelerate neural networks: upload a model, post a job, "
                               "download optimized artifacts with a report.")
     install_handlers(app)
-    for router in (models_router, jobs_router, artifacts_router, passes_router, health_router):
+    for router in (models_router, datasets_router, jobs_router, artifacts_router, passes_router, health_router):
         app.include_router(router)
     return app

@@ -1,35 +1,29 @@
-"""Inspect an uploaded model in a sandboxed child process: ``python -I -m workers.inspection PATH``.
+"""Inspect an uploaded model in a sandboxed child process:
+``python -I -m workers.inspection PATH LIMITS_JSON [INPUTS_JSON]``.
 
 Prints one JSON object on stdout: ``{"ok": true, "format", "inputs", "outputs", "parameters", "details"}``
 or ``{"ok": false, "status": 4xx, "detail": ...}``. The parent (``app/mlmodels/inspection.py``) applies
-memory and CPU-time limits and a clean environment; this module never unpickles anything.
+memory and CPU-time limits and a clean environment; nothing here unpickles user data (see ``formats``).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-# Operator domains ONNX Runtime implements itself; anything else would need a custom-op library (native
-# code supplied by the uploader), which we never load.
-KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
-PICKLE_HINT = (
-    "pickled Python objects (torch.save checkpoints, state dicts, plain pickles) are never loaded: "
-    "export the model as ONNX (torch.onnx.export), TorchScript (torch.jit.save) or a torch.export "
-    "program (torch.export.save, .pt2)"
+from app.core.archives import ArchiveLimits, ArchiveRefused, extract
+from workers.formats import KNOWN_DOMAINS, FormatRefused, check_external_data, check_pt2, detect, onnx_model_file
+
+TORCHSCRIPT_INPUTS_HINT = (
+    'TorchScript keeps no input shapes: upload with ?inputs=[{"name": "x", "dtype": "float32", '
+    '"shape": ["batch", 3, 224, 224]}] (names as in forward(); a string names a dynamic dimension)'
 )
 
 
-class Refused(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
-def inspect_onnx(path: Path) -> dict[str, Any]:
+def inspect_onnx(path: Path, archive: bool = False) -> dict[str, Any]:
     import numpy as np
     import onnx
     from onnx import helper
@@ -37,64 +31,183 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
-        raise Refused(415, f"not a model in a format we take (ONNX parse failed: {exc})") from exc
+        raise FormatRefused(415, f"not a model in a format we take (ONNX parse failed: {exc})") from exc
     if model.ir_version <= 0 or not model.opset_import or not model.graph.node:
-        raise Refused(415, "not a model in a format we take (no ONNX graph found in the upload)")
+        raise FormatRefused(415, "not a model in a format we take (no ONNX graph found in the upload)")
     custom = sorted({o.domain for o in model.opset_import} - KNOWN_DOMAINS)
     if custom:
-        raise Refused(422, f"custom operator domains are not supported: {', '.join(custom)}")
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
-        raise Refused(422, "this ONNX file refers to external data files; upload a zip holding the model "
-                      "and its data files")
+        raise FormatRefused(422, f"custom operator domains are not supported: {', '.join(custom)}")
+    external = check_external_data(model, path) if archive else 0
+    if not archive and any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        raise FormatRefused(422, "this ONNX file refers to external data files; upload a zip holding the model "
+                                 "and its data files")
     try:
         onnx.checker.check_model(str(path), full_check=False)
     except Exception as exc:
-        raise Refused(422, f"the ONNX model is invalid: {str(exc).splitlines()[0]}") from exc
+        raise FormatRefused(422, f"the ONNX model is invalid: {str(exc).splitlines()[0]}") from exc
 
     def spec(value_info) -> dict[str, Any]:
         tensor = value_info.type.tensor_type
-        dims: list[int | str] = []
-        for i, d in enumerate(tensor.shape.dim):
-            dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or f"dim{i}"))
+        dims: list[int | str] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or f"dim{i}")
+                                 for i, d in enumerate(tensor.shape.dim)]
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name if tensor.elem_type else "unknown"
         return {"name": value_info.name, "dtype": dtype, "shape": dims}
 
     init_names = {i.name for i in model.graph.initializer}
-    inputs = [spec(v) for v in model.graph.input if v.name not in init_names]
-    parameters = sum(int(np.prod(t.dims)) if t.dims else 1 for t in model.graph.initializer)
     ops: dict[str, int] = {}
     for node in model.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
     return {
         "format": "onnx",
-        "inputs": inputs,
+        "inputs": [spec(v) for v in model.graph.input if v.name not in init_names],
         "outputs": [spec(v) for v in model.graph.output],
-        "parameters": parameters,
+        "parameters": sum(int(np.prod(t.dims)) if t.dims else 1 for t in model.graph.initializer),
         "details": {
             "opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import},
             "ir_version": model.ir_version,
             "producer": f"{model.producer_name} {model.producer_version}".strip(),
-            "op_counts": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+            "op_counts": _sorted(ops),
+            **({"archive": True, "external_tensors": external} if archive else {}),
         },
     }
 
 
-def inspect(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-    if not head:
-        raise Refused(400, "the upload is empty")
-    if head[:1] == b"\x80" and 2 <= head[1] <= 5:
-        raise Refused(415, PICKLE_HINT)
-    if head.startswith(b"PK\x03\x04"):
-        raise Refused(415, "zip archives (TorchScript, .pt2, ONNX with external data) are not accepted yet")
-    return inspect_onnx(path)
+def inspect_onnx_zip(path: Path, limits: ArchiveLimits) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="tp-inspect-") as tmp:
+        try:
+            extract(path, Path(tmp), limits)
+        except ArchiveRefused as exc:
+            raise FormatRefused(422, str(exc)) from exc
+        return inspect_onnx(onnx_model_file(Path(tmp)), archive=True)
+
+
+def _sorted(counts: dict[str, int]) -> dict[str, int]:
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _outputs(result: Any) -> list[Any]:
+    import torch
+
+    if isinstance(result, torch.Tensor):
+        return [result]
+    if isinstance(result, (tuple, list)) and all(isinstance(r, torch.Tensor) for r in result):
+        return list(result)
+    raise FormatRefused(422, "the model must return a tensor or a tuple/list of tensors")
+
+
+def inspect_torchscript(path: Path, declared: list[dict[str, Any]] | None) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from workers.formats import load_torch
+
+    try:
+        module = load_torch(path, "torchscript")
+    except Exception as exc:
+        raise FormatRefused(422, f"torch.jit.load failed: {str(exc).splitlines()[0][:300]}") from exc
+    names = [a.name for a in module.forward.schema.arguments[1:]]
+    if not declared:
+        raise FormatRefused(422, f"{TORCHSCRIPT_INPUTS_HINT}; this module's forward() takes {names}")
+    if [d.get("name") for d in declared] != names:
+        raise FormatRefused(422, f"declared inputs {[d.get('name') for d in declared]} do not match forward() "
+                                 f"arguments {names}")
+    feeds = []
+    for spec in declared:
+        try:
+            dtype = np.dtype(spec["dtype"])
+            shape = [2 if isinstance(d, str) else int(d) for d in spec["shape"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatRefused(422, f"invalid input spec {spec}: {TORCHSCRIPT_INPUTS_HINT}") from exc
+        feeds.append(torch.from_numpy(np.zeros(shape, dtype=dtype)))
+    try:
+        with torch.inference_mode():
+            outputs = _outputs(module(*feeds))
+    except FormatRefused:
+        raise
+    except Exception as exc:
+        raise FormatRefused(422, f"the module does not run on the declared inputs: "
+                                 f"{str(exc).splitlines()[0][:300]}") from exc
+    batch = next((s["shape"][0] for s in declared if s["shape"] and isinstance(s["shape"][0], str)), None)
+    out_specs = [{"name": "output" if len(outputs) == 1 else f"output_{i}",
+                  "dtype": str(o.dtype).removeprefix("torch."),
+                  "shape": [batch if (j == 0 and batch and d == 2) else d for j, d in enumerate(o.shape)]}
+                 for i, o in enumerate(outputs)]
+    ops: dict[str, int] = {}
+    for node in module.inlined_graph.nodes():
+        if node.kind().startswith("aten::"):
+            ops[node.kind()] = ops.get(node.kind(), 0) + 1
+    return {"format": "torchscript", "inputs": [{"name": s["name"], "dtype": np.dtype(s["dtype"]).name,
+                                                 "shape": s["shape"]} for s in declared],
+            "outputs": out_specs, "parameters": sum(p.numel() for p in module.parameters()),
+            "details": {"op_counts": _sorted(ops), "torch": torch.__version__}}
+
+
+def inspect_torch_export(path: Path) -> dict[str, Any]:
+    import torch
+
+    from workers.formats import force_weights_only
+
+    check_pt2(path)
+    force_weights_only()
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise FormatRefused(422, f"torch.export.load failed: {str(exc).splitlines()[0][:300]}") from exc
+    signature = program.graph_signature
+    names: dict[str, str] = {}
+    dim_defaults: dict[str, int] = {}
+
+    def dim(value: Any, index: int) -> int | str:
+        if isinstance(value, int):
+            return value
+        symbol = str(value)
+        if symbol not in names:
+            names[symbol] = "batch" if index == 0 and "batch" not in names.values() else f"d_{symbol}"
+            bounds = program.range_constraints.get(value.node.expr) if hasattr(value, "node") else None
+            low = int(bounds.lower) if bounds is not None else 1
+            high = int(bounds.upper) if bounds is not None and bounds.upper.is_finite else 1 << 30
+            dim_defaults[names[symbol]] = max(low, min(high, 8))
+        return names[symbol]
+
+    def spec(name: str, val: Any) -> dict[str, Any]:
+        return {"name": name, "dtype": str(val.dtype).removeprefix("torch."),
+                "shape": [dim(d, i) for i, d in enumerate(val.shape)]}
+
+    nodes = {n.name: n for n in program.graph.nodes}
+    inputs = [spec(name, nodes[name].meta["val"]) for name in signature.user_inputs]
+    output_node = next(n for n in program.graph.nodes if n.op == "output")
+    out_vals = [a.meta.get("val") for a in output_node.args[0]][-len(signature.user_outputs):]
+    outputs = [spec("output" if len(out_vals) == 1 else f"output_{i}", v) for i, v in enumerate(out_vals)]
+    params = set(signature.parameters)
+    ops: dict[str, int] = {}
+    for node in program.graph.nodes:
+        if node.op == "call_function":
+            key = str(node.target)
+            ops[key] = ops.get(key, 0) + 1
+    return {"format": "torch_export", "inputs": inputs, "outputs": outputs,
+            "parameters": sum(t.numel() for k, t in program.state_dict.items() if k in params),
+            "details": {"op_counts": _sorted(ops), "torch": torch.__version__, "dim_defaults": dim_defaults}}
+
+
+def inspect(path: Path, limits: ArchiveLimits, declared: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    fmt = detect(path, limits)
+    if declared and fmt != "torchscript":
+        raise FormatRefused(422, "?inputs= is only for TorchScript uploads; other formats record their inputs")
+    if fmt == "onnx":
+        return inspect_onnx(path)
+    if fmt == "onnx_zip":
+        return inspect_onnx_zip(path, limits)
+    if fmt == "torchscript":
+        return inspect_torchscript(path, declared)
+    return inspect_torch_export(path)
 
 
 def main() -> None:
+    limits = ArchiveLimits(**json.loads(sys.argv[2]))
+    declared = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
     try:
-        result = {"ok": True, **inspect(Path(sys.argv[1]))}
-    except Refused as exc:
+        result = {"ok": True, **inspect(Path(sys.argv[1]), limits, declared)}
+    except FormatRefused as exc:
         result = {"ok": False, "status": exc.status, "detail": exc.detail}
     sys.stdout.write(json.dumps(result))
 

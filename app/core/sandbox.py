@@ -24,7 +24,8 @@ def _limits(memory_bytes: int, cpu_s: int):
 
 def run_json(module: str, args: list[str], *, memory_bytes: int, timeout_s: int) -> dict[str, Any]:
     """Run ``python -I -m module args`` sandboxed and parse the JSON it prints."""
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": "/nonexistent", "LANG": "C.UTF-8",
+           "TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"}
     try:
         proc = subprocess.run([sys.executable, "-I", "-m", module, *args], capture_output=True, env=env,
                               timeout=timeout_s, preexec_fn=_limits(memory_bytes, timeout_s), check=False)

@@ -45,9 +45,19 @@ class Settings(BaseSettings):
     inspect_memory_bytes: int = Field(
         default=8 << 30, gt=0, description="Address-space limit of the child process that inspects an upload."
     )
+    archive_max_entries: int = Field(default=10_000, gt=0, description="Entries allowed in an uploaded zip.")
+    archive_max_expanded_bytes: int = Field(
+        default=32 << 30, gt=0, description="Total size an uploaded zip may expand to."
+    )
+    archive_max_ratio: float = Field(default=200.0, gt=1, description="Largest compression ratio of a zip entry.")
     inspect_timeout_s: int = Field(default=120, gt=0, description="Time limit for inspecting one upload.")
     bench_threads: int = Field(default=2, ge=1, description="Intra-op threads used when measuring latency.")
     bench_iterations: int = Field(default=50, ge=5, description="Timed runs per batch size when measuring.")
+
+    @property
+    def archive_limits(self) -> dict[str, float]:
+        return {"max_entries": self.archive_max_entries, "max_expanded_bytes": self.archive_max_expanded_bytes,
+                "max_ratio": self.archive_max_ratio}
 
     @property
     def resolved_database_url(self) -> str:

@@ -6,11 +6,39 @@ staged file is deleted by the caller.
 
 from __future__ import annotations
 
+import re
+
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.core.errors import BadRequest, PayloadTooLarge
-from app.core.storage import StagedFile
+from app.core.settings import get_settings
+from app.core.storage import LocalStore, StagedFile
+
+# OpenAPI description of an upload body: raw bytes, or multipart with a `file` part.
+UPLOAD_BODY = {"requestBody": {"content": {
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "file": {"type": "string", "format": "binary"}}, "required": ["file"]}}},
+    "required": True}}
+
+
+def clean_name(name: str | None, fallback: str) -> str:
+    """A display name from user input: no directories, no control characters, at most 255 characters."""
+    name = re.sub(r"[\x00-\x1f\x7f]", "", (name or "").replace("\\", "/").rsplit("/", 1)[-1]).strip()
+    return name[:255] or fallback
+
+
+async def stage_upload(request: Request, store: LocalStore, fallback_name: str,
+                       name: str | None) -> tuple[StagedFile, str]:
+    """Receive the body into a staged file (deleted again if receiving fails); returns it and a clean name."""
+    staged = store.stage(get_settings().max_upload_bytes)
+    try:
+        filename = await receive(request, staged)
+    except BaseException:
+        staged.discard()
+        raise
+    return staged, clean_name(name or filename, fallback_name)
 
 
 async def receive(request: Request, staged: StagedFile, file_field: str = "file") -> str | None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-import re
+import json
+from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -8,42 +9,36 @@ from fastapi.responses import Response
 
 from app.core.db import SessionDep
 from app.core.downloads import download
+from app.core.errors import ValidationFailed
 from app.core.pagination import PageDep
-from app.core.settings import get_settings
 from app.core.storage import get_store
 from app.core.tenancy import TenantDep
-from app.core.uploads import receive
+from app.core.uploads import UPLOAD_BODY, stage_upload
 from app.mlmodels import service
-from app.mlmodels.schemas import ModelList, ModelRead
+from app.mlmodels.schemas import ModelList, ModelRead, TensorSpec
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
-UPLOAD_BODY = {"requestBody": {"content": {
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-    "multipart/form-data": {"schema": {"type": "object", "properties": {
-        "file": {"type": "string", "format": "binary"}}, "required": ["file"]}}},
-    "required": True}}
+INPUTS_HELP = ('TorchScript only: the inputs of forward() as JSON, e.g. [{"name": "x", "dtype": "float32", '
+               '"shape": ["batch", 1, 8, 8]}]; a string names a dynamic dimension')
 
 
-def clean_name(name: str | None, fallback: str) -> str:
-    """A display name from user input: no directories, no control characters, at most 255 characters."""
-    name = re.sub(r"[\x00-\x1f\x7f]", "", (name or "").replace("\\", "/").rsplit("/", 1)[-1]).strip()
-    return name[:255] or fallback
+def parse_inputs(raw: str) -> list[dict[str, Any]]:
+    try:
+        return [TensorSpec.model_validate(item).model_dump() for item in json.loads(raw)]
+    except (ValueError, TypeError) as exc:
+        raise ValidationFailed.at(["query", "inputs"], f"not a JSON list of input specs: {exc}"[:500]) from exc
 
 
 @router.post("", status_code=201, response_model=ModelRead, openapi_extra=UPLOAD_BODY)
 async def upload_model(request: Request, session: SessionDep, tenant: TenantDep,
-                       name: str | None = Query(None, max_length=255)):
+                       name: str | None = Query(None, max_length=255),
+                       inputs: str | None = Query(None, max_length=8192, description=INPUTS_HELP)):
     """Upload a model (raw body with ?name=, or multipart field `file`); answers once stored and inspected."""
+    declared = parse_inputs(inputs) if inputs else None
     store = get_store()
-    staged = store.stage(get_settings().max_upload_bytes)
-    try:
-        filename = await receive(request, staged)
-    except BaseException:
-        staged.discard()
-        raise
-    return await run_in_threadpool(service.create, session, store, tenant,
-                                   clean_name(name or filename, "model"), staged)
+    staged, name = await stage_upload(request, store, "model", name)
+    return await run_in_threadpool(service.create, session, store, tenant, name, staged, declared)
 
 
 @router.get("", response_model=ModelList)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,12 @@ from app.core.settings import get_settings
 _STATUS = {400: errors.BadRequest, 415: errors.UnsupportedMediaType, 422: errors.UnprocessableUpload}
 
 
-def inspect_model(path: Path) -> dict[str, Any]:
+def inspect_model(path: Path, declared_inputs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     settings = get_settings()
-    result = run_json("workers.inspection", [str(path)], memory_bytes=settings.inspect_memory_bytes,
+    args = [str(path), json.dumps(settings.archive_limits)]
+    if declared_inputs:
+        args.append(json.dumps(declared_inputs))
+    result = run_json("workers.inspection", args, memory_bytes=settings.inspect_memory_bytes,
                       timeout_s=settings.inspect_timeout_s)
     if not result.get("ok"):
         raise _STATUS.get(result.get("status"), errors.UnprocessableUpload)(result.get("detail", "refused"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.orm import Session
 
 from app.core.db import on_commit
@@ -13,16 +15,18 @@ from app.mlmodels.inspection import inspect_model
 from app.models import Model
 from app.models.base import new_id
 
-EXTENSIONS = {"onnx": "onnx", "torchscript": "pt", "torch_export": "pt2", "onnx_zip": "zip"}
+EXTENSIONS = {"onnx": "onnx", "torchscript": "pt", "torch_export": "pt2"}
 
 
-def create(session: Session, store: LocalStore, tenant: str, name: str, staged: StagedFile) -> Model:
+def create(session: Session, store: LocalStore, tenant: str, name: str, staged: StagedFile,
+           declared_inputs: list[dict[str, Any]] | None = None) -> Model:
     """Inspect a fully received upload and record it; the staged file is consumed either way."""
     try:
         staged.finish()
-        info = inspect_model(staged.path)
+        info = inspect_model(staged.path, declared_inputs)
         model_id = new_id()
-        key = f"models/{model_id}/model.{EXTENSIONS[info['format']]}"
+        ext = "zip" if info["details"].get("archive") else EXTENSIONS[info["format"]]
+        key = f"models/{model_id}/model.{ext}"
         store.commit(staged, key)
     except BaseException:
         staged.discard()

@@ -2,7 +2,8 @@
 
 from app.models.artifact import Artifact
 from app.models.base import Base
+from app.models.dataset import Dataset
 from app.models.job import Job, JobLog
 from app.models.model import Model
 
-__all__ = ["Artifact", "Base", "Job", "JobLog", "Model"]
+__all__ = ["Artifact", "Base", "Dataset", "Job", "JobLog", "Model"]

@@ -158,7 +158,7 @@ def test_unknown_route_is_problem_json(client):
 
 
 def test_clean_name_strips_directories_and_control_characters():
-    from app.mlmodels.endpoints import clean_name
+    from app.core.uploads import clean_name
 
     assert clean_name("..\\..\\evil\r\n.onnx", "model") == "evil.onnx"
     assert clean_name("/", "model") == "model"

@@ -1,0 +1,79 @@
+"""Zip archives from users, checked before anything is extracted or handed to a library.
+
+Checked: entry count, total expanded size, compression ratio (zip bombs), names (no absolute paths, no
+``..``, no backslashes or drive letters), and entry types (no symbolic links or other special files).
+"""
+
+from __future__ import annotations
+
+import stat
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+
+class ArchiveRefused(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    max_entries: int = 10_000
+    max_expanded_bytes: int = 32 << 30
+    max_ratio: float = 200.0
+
+
+def safe_members(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[zipfile.ZipInfo]:
+    """The archive's entries, after every check; raises :class:`ArchiveRefused` naming the problem."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ArchiveRefused(f"not a readable zip archive: {exc}") from exc
+    with archive:
+        members = archive.infolist()
+    if len(members) > limits.max_entries:
+        raise ArchiveRefused(f"the archive has {len(members)} entries; the limit is {limits.max_entries}")
+    total = 0
+    for info in members:
+        name = info.filename
+        parts = PurePosixPath(name).parts
+        if (name.startswith("/") or "\\" in name or ".." in parts or (parts and ":" in parts[0])
+                or "\x00" in name):
+            raise ArchiveRefused(f"unsafe entry name in the archive: {name!r}")
+        mode = info.external_attr >> 16
+        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise ArchiveRefused(f"the archive entry {name!r} is a link or special file")
+        total += info.file_size
+        if total > limits.max_expanded_bytes:
+            raise ArchiveRefused(f"the archive expands past {limits.max_expanded_bytes} bytes")
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > (1 << 20) and ratio > limits.max_ratio:
+            raise ArchiveRefused(f"the archive entry {name!r} is compressed {ratio:.0f}:1; more than "
+                                 f"{limits.max_ratio:.0f}:1 is refused")
+    return members
+
+
+def extract(path: Path, dest: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[Path]:
+    """Extract a checked archive into ``dest`` (which must be empty or new); returns the files written."""
+    members = safe_members(path, limits)
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    written = []
+    with zipfile.ZipFile(path) as archive:
+        for info in members:
+            target = (root / info.filename).resolve()
+            if not target.is_relative_to(root):
+                raise ArchiveRefused(f"unsafe entry name in the archive: {info.filename!r}")
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(info) as src, open(target, "xb") as out:
+                remaining = info.file_size
+                while chunk := src.read(1 << 20):
+                    remaining -= len(chunk)
+                    if remaining < 0:  # the header lied about the size
+                        raise ArchiveRefused(f"the archive entry {info.filename!r} is larger than it declares")
+                    out.write(chunk)
+            written.append(target)
+    return written
