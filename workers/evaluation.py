@@ -1,9 +1,11 @@
 """Measure a model the same way for the original and every result: size, parameters, latency, fidelity.
 
-Inputs are generated from the model's input specs (seeded, so original and result see the same data):
-symbolic batch dimensions take each requested batch size, other symbolic dimensions take the shape in
-``target.inputs`` or 1; integer inputs take values in ``[low, high)`` from ``target.inputs`` (default 0..1,
-always valid token ids), floats are standard normal unless bounded.
+Inputs for latency are generated from the model's input specs (seeded, so original and result see the same
+data): the first dimension, when dynamic, takes each requested batch size; other dynamic dimensions take the
+shape in ``target.inputs``, else the model's ``dim_defaults`` (from a .pt2's range constraints), else 1;
+integer inputs take values in ``[low, high)`` from ``target.inputs`` (default 0..1, always valid token ids),
+floats are standard normal unless bounded. Fidelity and task metrics use the ``evaluation`` dataset when the
+job has one, generated inputs otherwise.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ MAX_TIMED_S = 10.0
 
 
 def generate_inputs(specs: list[dict[str, Any]], batch: int, bounds: dict[str, dict[str, Any]],
-                    seed: int = 0) -> dict[str, np.ndarray]:
+                    seed: int = 0, dim_defaults: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
+    dim_defaults = dim_defaults or {}
     feeds = {}
     for spec in specs:
         bound = bounds.get(spec["name"], {})
         shape = bound.get("shape") or [
-            dim if isinstance(dim, int) and dim > 0 else (batch if i == 0 else 1)
+            dim if isinstance(dim, int) and dim > 0 else (batch if i == 0 else dim_defaults.get(dim, 1))
             for i, dim in enumerate(spec["shape"])]
         if bound.get("shape") and spec["shape"] and not isinstance(spec["shape"][0], int):
             shape = [batch, *shape[1:]]
@@ -61,29 +64,93 @@ class OnnxRunner:
         return self.session.run(None, feeds)
 
 
-def load_runner(path: Path, fmt: str, threads: int) -> OnnxRunner:
+class TorchRunner:
+    def __init__(self, path: Path, fmt: str, threads: int, specs: list[dict[str, Any]]) -> None:
+        import torch
+
+        from workers.formats import load_torch
+
+        torch.set_num_threads(threads)
+        self.module = load_torch(path, fmt)
+        self.names = [s["name"] for s in specs]
+        self.conditions = {"runtime": "torch", "version": torch.__version__, "device": "cpu", "threads": threads,
+                           "format": fmt}
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            result = self.module(*(torch.from_numpy(feeds[n]) for n in self.names))
+        results = [result] if isinstance(result, torch.Tensor) else list(result)
+        return [r.numpy() for r in results]
+
+    def parameters(self) -> list[np.ndarray]:
+        return [p.detach().numpy() for p in self.module.parameters()]
+
+
+Runner = OnnxRunner | TorchRunner
+
+
+def load_runner(path: Path, fmt: str, threads: int, specs: list[dict[str, Any]]) -> Runner:
     if fmt == "onnx":
         return OnnxRunner(path, threads)
-    raise ValueError(f"cannot measure {fmt} models yet")
+    if fmt in ("torchscript", "torch_export"):
+        return TorchRunner(path, fmt, threads, specs)
+    raise ValueError(f"cannot measure {fmt} models")
 
 
-def count_parameters(path: Path, fmt: str) -> tuple[int, int]:
-    """(parameters, non-zero parameters) of the model's stored tensors."""
-    if fmt != "onnx":
-        raise ValueError(f"cannot count parameters of {fmt} models yet")
-    import onnx
-    from onnx import numpy_helper
+def count_parameters(path: Path, runner: Runner) -> tuple[int, int]:
+    """(parameters, non-zero parameters): ONNX initializers, or a torch module's parameters."""
+    if isinstance(runner, TorchRunner):
+        tensors = runner.parameters()
+    else:
+        import onnx
+        from onnx import numpy_helper
 
-    model = onnx.load(str(path))
-    total = nonzero = 0
-    for tensor in model.graph.initializer:
-        values = numpy_helper.to_array(tensor)
-        total += values.size
-        nonzero += int(np.count_nonzero(values))
-    return total, nonzero
+        tensors = [numpy_helper.to_array(t, base_dir=str(path.parent)) for t in onnx.load(str(path)).graph.initializer]
+    return sum(t.size for t in tensors), sum(int(np.count_nonzero(t)) for t in tensors)
 
 
-def latency(runner: OnnxRunner, feeds: dict[str, np.ndarray], iterations: int) -> dict[str, float]:
+def load_dataset(path: Path, limit: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The arrays of an .npz (``allow_pickle=False``), at most ``limit`` samples, and its labels if any."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name][:limit] for name in data.files}
+    return arrays, arrays.pop("labels", None)
+
+
+def predict(runner: Runner, specs: list[dict[str, Any]], arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run every sample through the model in batches (of the model's fixed batch size, if it has one)."""
+    first = specs[0]["shape"][0] if specs and specs[0]["shape"] else None
+    fixed = first if isinstance(first, int) and first > 0 else None
+    samples = len(next(iter(arrays.values())))
+    end = samples - samples % fixed if fixed else samples
+    outputs: list[list[np.ndarray]] = []
+    for start in range(0, end, fixed or 64):
+        outputs.append(runner({s["name"]: arrays[s["name"]][start:start + (fixed or 64)] for s in specs}))
+    if not outputs:
+        raise ValueError(f"the evaluation data has {samples} samples, fewer than the model's batch size {fixed}")
+    return [np.concatenate(parts) for parts in zip(*outputs, strict=True)]
+
+
+def task_metrics(outputs: list[np.ndarray], labels: np.ndarray | None) -> dict[str, float]:
+    """Accuracy (and top-5) for class ids against [N, classes] outputs; MSE/MAE for float targets."""
+    if labels is None:
+        return {}
+    out = outputs[0]
+    labels = labels[: len(out)]
+    if labels.dtype.kind in "iu" and out.ndim == 2 and labels.ndim == 1:
+        metrics = {"accuracy": round(float(np.mean(np.argmax(out, axis=1) == labels)), 6)}
+        if out.shape[1] > 5:
+            top5 = np.argsort(out, axis=1)[:, -5:]
+            metrics["top5_accuracy"] = round(float(np.mean(np.any(top5 == labels[:, None], axis=1))), 6)
+        return metrics
+    if labels.dtype.kind == "f" and labels.size == out.size:
+        diff = out.reshape(labels.shape).astype(np.float64) - labels
+        return {"mse": float(np.mean(diff ** 2)), "mae": float(np.mean(np.abs(diff)))}
+    return {}
+
+
+def latency(runner: Runner, feeds: dict[str, np.ndarray], iterations: int) -> dict[str, float]:
     for _ in range(WARMUP):
         runner(feeds)
     times: list[float] = []
@@ -130,22 +197,36 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "device": "cpu"}
 
 
-def measure(path: Path, fmt: str, specs: list[dict[str, Any]], target: dict[str, Any], *, threads: int,
-            iterations: int, fidelity_feeds: dict[str, np.ndarray] | None = None) -> tuple[dict, list]:
-    """Metrics of one model, plus its outputs on ``fidelity_feeds`` (for comparing with another model)."""
+def model_size(path: Path, fmt: str) -> int:
+    """Bytes of the model file plus the external-data files an ONNX model refers to."""
     size = path.stat().st_size
-    parameters, nonzero = count_parameters(path, fmt)
-    runner = load_runner(path, fmt, threads)
+    if fmt == "onnx":
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        locations = {e.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                     for e in t.external_data if e.key == "location"}
+        size += sum((path.parent / loc).stat().st_size for loc in locations)
+    return size
+
+
+def measure(path: Path, fmt: str, specs: list[dict[str, Any]], target: dict[str, Any], *, threads: int,
+            iterations: int, eval_feeds: dict[str, np.ndarray], labels: np.ndarray | None = None,
+            dim_defaults: dict[str, int] | None = None) -> tuple[dict, list[np.ndarray]]:
+    """Metrics of one model, plus its outputs on ``eval_feeds`` (for comparing with another model)."""
+    runner = load_runner(path, fmt, threads, specs)
+    parameters, nonzero = count_parameters(path, runner)
     bounds = target.get("inputs", {})
     latency_ms, throughput = {}, {}
     for batch in target.get("batch_sizes", [1]):
-        stats = latency(runner, generate_inputs(specs, batch, bounds), iterations)
+        stats = latency(runner, generate_inputs(specs, batch, bounds, dim_defaults=dim_defaults), iterations)
         latency_ms[str(batch)] = stats
         throughput[str(batch)] = round(batch * 1000 / stats["mean"], 2)
-    outputs = runner(fidelity_feeds) if fidelity_feeds is not None else []
+    outputs = predict(runner, specs, eval_feeds)
     metrics = {
-        "size_bytes": size, "parameters": parameters, "nonzero_parameters": nonzero,
+        "size_bytes": model_size(path, fmt), "parameters": parameters, "nonzero_parameters": nonzero,
         "latency_ms": latency_ms, "throughput": throughput, "peak_memory_bytes": None,
+        **task_metrics(outputs, labels),
         "conditions": {**runner.conditions, "iterations": iterations, "warmup": WARMUP, **machine()},
     }
     return metrics, outputs

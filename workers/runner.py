@@ -19,12 +19,14 @@ from app.core.db import on_commit, session_scope
 from app.core.settings import get_settings
 from app.core.storage import get_store
 from app.jobs import repository as jobs
-from app.models import Artifact, Job, Model
+from app.models import Artifact, Dataset, Job, Model
 from app.models.base import new_id, utcnow
 from workers import evaluation
+from workers.formats import force_weights_only, materialize
 from workers.passes import REGISTRY, Cancelled, PassContext
 
 log = logging.getLogger(__name__)
+EVAL_SAMPLES = 2048  # of the evaluation dataset used for fidelity and task metrics
 STEPS_SHARE = 0.9  # of the progress bar; measuring original and result takes the rest
 EXTENSIONS = {"onnx": "onnx", "torchscript": "pt", "torch_export": "pt2"}
 
@@ -79,6 +81,7 @@ class JobRun:
 
     # --- the run -------------------------------------------------------------------------------------
     def run(self) -> None:
+        force_weights_only()
         if not self.claim():
             log.info("job %s is not claimable (finished, cancelled or leased elsewhere)", self.job_id)
             return
@@ -100,18 +103,22 @@ class JobRun:
             steps = [dict(s) for s in job.steps]
             target, attempt = dict(job.target), job.attempt
             model = session.get(Model, job.model_id)
-            specs = model.inputs if model else []
+            self.model = {"inputs": model.inputs, "outputs": model.outputs,
+                          "dim_defaults": model.details.get("dim_defaults", {})}
             if job.source_artifact_id:
                 source = session.get(Artifact, job.source_artifact_id)
-                path, fmt = self.store.path(source.storage_key), source.format
+                key, fmt = source.storage_key, source.format
             else:
-                path, fmt = self.store.path(model.storage_key), model.format
+                key, fmt = model.storage_key, model.format
+            self.datasets = {role: self.store.path(d.storage_key) for role, dataset_id in job.datasets.items()
+                             if (d := session.get(Dataset, dataset_id)) is not None}
         self.log(f"attempt {attempt} started by {self.owner}")
         current_index: int | None = None
         try:
             self.update(progress=0.0, current_step=None)
-            feeds = evaluation.generate_inputs(specs, max(target["batch_sizes"]), target.get("inputs", {}), 1)
-            original, reference = self._measure(path, fmt, specs, target, feeds)
+            path = materialize(self.store.path(key), key, work_dir / "source")
+            eval_feeds, labels, source = self._evaluation_data(target)
+            original, reference = self._measure(path, fmt, target, eval_feeds, labels)
             self.update(metrics={"original": original})
             for step in steps:
                 current_index = step["index"]
@@ -119,10 +126,11 @@ class JobRun:
                     raise Cancelled("cancellation requested")
                 path, fmt = self._run_step(step, steps, path, fmt, work_dir, target)
             current_index = None
-            result, outputs = self._measure(path, fmt, specs, target, feeds)
-            result["fidelity"] = evaluation.fidelity(reference, outputs)
-            self.log(f"result: {result['size_bytes']} bytes ({result['size_bytes'] / original['size_bytes']:.2f}× "
-                     f"the original), fidelity {result['fidelity']}")
+            result, outputs = self._measure(path, fmt, target, eval_feeds, labels)
+            result["fidelity"] = {**evaluation.fidelity(reference, outputs), "inputs": source}
+            self.log(f"result: {result['size_bytes']} bytes "
+                     f"({result['size_bytes'] / original['size_bytes']:.2f}× the original), "
+                     f"fidelity {result['fidelity']}")
             self._finish("succeeded", steps, metrics={"original": original, "result": result}, progress=1.0)
         except Cancelled:
             self._mark_rest(steps, "cancelled")
@@ -139,10 +147,21 @@ class JobRun:
                 "status": 500, "detail": str(exc) or type(exc).__name__, "step": current_index,
                 "exception": type(exc).__name__})
 
-    def _measure(self, path, fmt, specs, target, feeds):
-        metrics, outputs = evaluation.measure(path, fmt, specs, target, threads=self.settings.bench_threads,
-                                              iterations=self.settings.bench_iterations, fidelity_feeds=feeds)
-        return metrics, outputs
+    def _evaluation_data(self, target: dict):
+        """Inputs (and labels) that original and result are compared on: the evaluation dataset, or
+        generated inputs when the job has none."""
+        if "evaluation" in self.datasets:
+            feeds, labels = evaluation.load_dataset(self.datasets["evaluation"], limit=EVAL_SAMPLES)
+            return feeds, labels, f"evaluation dataset ({len(next(iter(feeds.values())))} samples)"
+        batch = max(target["batch_sizes"])
+        feeds = evaluation.generate_inputs(self.model["inputs"], batch, target.get("inputs", {}), seed=1,
+                                           dim_defaults=self.model["dim_defaults"])
+        return feeds, None, "generated"
+
+    def _measure(self, path, fmt, target, eval_feeds, labels):
+        return evaluation.measure(path, fmt, self.model["inputs"], target, threads=self.settings.bench_threads,
+                                  iterations=self.settings.bench_iterations, eval_feeds=eval_feeds, labels=labels,
+                                  dim_defaults=self.model["dim_defaults"])
 
     def _run_step(self, step: dict, steps: list[dict], path: Path, fmt: str, work_dir: Path,
                   target: dict) -> tuple[Path, str]:
@@ -163,6 +182,8 @@ class JobRun:
                 self.update(progress=STEPS_SHARE * (index + fraction) / total)
 
         ctx = PassContext(model_path=path, model_format=fmt, work_dir=step_dir, target=target,
+                          inputs=self.model["inputs"], outputs=self.model["outputs"],
+                          dim_defaults=self.model["dim_defaults"], datasets=self.datasets,
                           progress=progress, is_cancelled=self.cancelled,
                           log=lambda message: self.log(f"step {index}: {message}"))
         result = spec.run(ctx, params)

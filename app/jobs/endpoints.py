@@ -7,14 +7,19 @@ from app.core.db import SessionDep
 from app.core.pagination import PageDep
 from app.core.tenancy import TenantDep
 from app.jobs import service
-from app.jobs.schemas import JobCreate, JobList, JobRead, JobState
+from app.jobs.schemas import JobCreate, JobList, JobPlan, JobRead, JobState
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-@router.post("", status_code=202, response_model=JobRead)
-def create_job(payload: JobCreate, response: Response, session: SessionDep, tenant: TenantDep):
-    """Submit a job; answers 202 with its Location once the job is recorded."""
+@router.post("", status_code=202, response_model=JobRead | JobPlan,
+             responses={200: {"model": JobPlan, "description": "dry_run=true: the resolved plan"}})
+def create_job(payload: JobCreate, response: Response, session: SessionDep, tenant: TenantDep,
+               dry_run: bool = Query(False, description="Validate and answer the resolved plan; run nothing")):
+    """Submit a job; answers 202 with its Location once recorded (200 with the plan for dry_run=true)."""
+    if dry_run:
+        response.status_code = 200
+        return JobPlan.model_validate(service.plan(session, tenant, payload))
     job = service.create(session, tenant, payload)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job

@@ -54,8 +54,10 @@ class Webhook(_Strict):
 class JobCreate(_Strict):
     model_id: str | None = None
     artifact_id: str | None = Field(None, description="Start from an earlier job's artifact instead")
-    steps: list[StepCreate] = Field(min_length=1, max_length=32)
-    datasets: dict[str, str] = Field(default_factory=dict)
+    steps: list[StepCreate] | None = Field(None, min_length=1, max_length=32)
+    preset: str | None = Field(None, description="A named recipe instead of steps (GET /v1/presets)")
+    datasets: dict[str, str] = Field(default_factory=dict,
+                                     description="Dataset ids by role: calibration, training, validation, evaluation")
     evaluation: Evaluation = Field(default_factory=Evaluation)
     target: Target = Field(default_factory=Target)
     webhook: Webhook | None = None
@@ -64,6 +66,8 @@ class JobCreate(_Strict):
     def _one_source(self) -> JobCreate:
         if (self.model_id is None) == (self.artifact_id is None):
             raise ValueError("give exactly one of model_id or artifact_id")
+        if (self.steps is None) == (self.preset is None):
+            raise ValueError("give exactly one of steps or preset")
         return self
 
 
@@ -72,6 +76,8 @@ class StepRead(BaseModel):
     pass_: str = Field(alias="pass", serialization_alias="pass")
     params: dict[str, Any]
     status: StepStatus
+    inserted: bool = Field(False, description="Added by the service (a format conversion, a preset's step)")
+    reason: str | None = Field(None, description="Why the service added or chose this step")
     started_at: datetime | None = None
     finished_at: datetime | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
@@ -110,3 +116,34 @@ class JobRead(BaseModel):
 class JobList(BaseModel):
     items: list[JobRead]
     next_cursor: str | None
+
+
+class StepPlan(BaseModel):
+    index: int
+    pass_: str = Field(serialization_alias="pass")
+    params: dict[str, Any]
+    queue: str
+    accepts: list[str]
+    produces: str
+    inserted: bool
+    reason: str | None
+
+
+class DatasetUse(BaseModel):
+    id: str
+    name: str
+    samples: int
+
+
+class JobPlan(BaseModel):
+    """What a job would run: ``POST /v1/jobs?dry_run=true``."""
+
+    model_id: str
+    artifact_id: str | None
+    source_format: str
+    preset: str | None
+    steps: list[StepPlan]
+    queue: str
+    datasets: dict[str, DatasetUse]
+    target: dict[str, Any]
+    evaluation: dict[str, Any]

@@ -1,4 +1,10 @@
-"""Jobs: validate a recipe against the pass registry, record it, enqueue it after commit, cancel it."""
+"""Jobs: resolve a recipe into a plan checked against the pass registry, the model and the datasets; record
+it; enqueue it after commit; cancel it.
+
+Format conversion is automatic in one case: a torch model (TorchScript or .pt2) before a pass that takes
+only ONNX gets an ``export.onnx`` step inserted (``inserted: true`` with its reason in the plan). Anything
+else that does not chain is refused with 422 naming ``steps[i]``.
+"""
 
 from __future__ import annotations
 
@@ -13,70 +19,154 @@ from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.core.pagination import Page
 from app.core.queue import send_job
 from app.core.settings import get_settings
+from app.datasets import repository as datasets_repo
+from app.datasets.service import ROLES, mismatches
 from app.jobs import repository
 from app.jobs.schemas import JobCreate
 from app.mlmodels import repository as models
-from app.models import Job, JobLog
+from app.models import Job, JobLog, Model
 from workers.passes import REGISTRY
+from workers.passes.presets import PRESETS
+
+TORCH_FORMATS = ("torchscript", "torch_export")
+EXPORT = "export.onnx"
 
 
-def plan_steps(source_format: str, payload: JobCreate) -> tuple[list[dict[str, Any]], str]:
-    """Check every step (name, params, format chaining, availability); return the steps to store and the
-    queue. All problems are reported together, each naming ``steps[i]``."""
+def plan(session: Session, tenant: str, payload: JobCreate) -> dict[str, Any]:
+    """Everything the job would run, or a 422 listing every problem found."""
+    model, source_format = _source(session, tenant, payload)
     errors: list[dict[str, Any]] = []
-    steps: list[dict[str, Any]] = []
-    current = source_format
-    queue = "gpu" if payload.target.device == "cuda" else "cpu"
-    for i, step in enumerate(payload.steps):
-        spec = REGISTRY.get(step.pass_)
-        if spec is None:
-            errors.append({"loc": ["steps", i, "pass"],
-                           "msg": f"unknown pass {step.pass_!r}; GET /v1/passes lists them"})
-            continue
-        try:
-            params = spec.params.model_validate(step.params)
-        except ValidationError as exc:
-            errors.extend({"loc": ["steps", i, "params", *e["loc"]], "msg": e["msg"]} for e in exc.errors())
-            params = None
-        if reason := spec.unavailable_reason():
-            errors.append({"loc": ["steps", i, "pass"], "msg": f"{spec.name} cannot run here: {reason}"})
-        if current not in spec.accepts:
-            errors.append({"loc": ["steps", i, "pass"],
-                           "msg": f"{spec.name} takes {' or '.join(spec.accepts)} models, but the model "
-                                  f"at this step is {current}"})
-        current = spec.produces
-        if spec.queue == "gpu":
-            queue = "gpu"
-        steps.append({"index": i, "pass": spec.name,
-                      "params": params.model_dump(mode="json") if params else step.params,
-                      "status": "pending", "started_at": None, "finished_at": None, "metrics": {}})
+    datasets = _check_datasets(session, tenant, payload.datasets, model, errors)
+    _check_target(payload, model, errors)
+    requested, preset_reason = _requested_steps(payload, model, errors)
+    steps, queue = _resolve_steps(requested, source_format, payload, errors)
     if errors:
         raise ValidationFailed(errors)
-    return steps, queue
+    for step in steps:
+        if step["reason"] is None and preset_reason:
+            step["reason"] = preset_reason
+    return {"model_id": model.id, "artifact_id": payload.artifact_id, "source_format": source_format,
+            "preset": payload.preset, "steps": steps, "queue": queue, "datasets": datasets,
+            "target": payload.target.model_dump(mode="json"),
+            "evaluation": payload.evaluation.model_dump(mode="json", exclude_none=True)}
 
 
-def create(session: Session, tenant: str, payload: JobCreate) -> Job:
+def _source(session: Session, tenant: str, payload: JobCreate) -> tuple[Model, str]:
     if payload.artifact_id is not None:
         artifact = artifacts.get(session, tenant, payload.artifact_id)
         if artifact is None:
             raise ValidationFailed.at(["artifact_id"], f"artifact {payload.artifact_id} not found")
-        model_id, source_format = repository.model_id_of(session, artifact.job_id), artifact.format
-    else:
-        model = models.get(session, tenant, payload.model_id)
-        if model is None:
-            raise ValidationFailed.at(["model_id"], f"model {payload.model_id} not found")
-        model_id, source_format = model.id, model.format
-    if payload.datasets:
-        raise ValidationFailed.at(["datasets"], "datasets are not supported by this version yet")
-    steps, queue = plan_steps(source_format, payload)
+        return models.get_any(session, repository.model_id_of(session, artifact.job_id)), artifact.format
+    model = models.get(session, tenant, payload.model_id)
+    if model is None:
+        raise ValidationFailed.at(["model_id"], f"model {payload.model_id} not found")
+    return model, model.format
+
+
+def _check_datasets(session: Session, tenant: str, wanted: dict[str, str], model: Model,
+                    errors: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    found = {}
+    for role, dataset_id in wanted.items():
+        if role not in ROLES:
+            errors.append({"loc": ["datasets", role], "msg": f"unknown role; use one of {', '.join(ROLES)}"})
+            continue
+        dataset = datasets_repo.get(session, tenant, dataset_id)
+        if dataset is None:
+            errors.append({"loc": ["datasets", role], "msg": f"dataset {dataset_id} not found"})
+            continue
+        errors.extend({"loc": ["datasets", role], "msg": problem} for problem in mismatches(dataset, model.inputs))
+        found[role] = {"id": dataset.id, "name": dataset.name, "samples": dataset.samples}
+    return found
+
+
+def _check_target(payload: JobCreate, model: Model, errors: list[dict[str, Any]]) -> None:
+    specs = {s["name"]: s for s in model.inputs}
+    for name, bounds in payload.target.inputs.items():
+        spec = specs.get(name)
+        loc = ["target", "inputs", name]
+        if spec is None:
+            errors.append({"loc": loc, "msg": f"the model has no input {name!r} (it has {', '.join(specs)})"})
+            continue
+        if bounds.shape is not None:
+            if len(bounds.shape) != len(spec["shape"]) or any(
+                    isinstance(want, int) and got != want for got, want in zip(bounds.shape, spec["shape"],
+                                                                              strict=False)):
+                errors.append({"loc": [*loc, "shape"], "msg": f"{bounds.shape} does not fit the input's shape "
+                                                              f"{spec['shape']}"})
+        if bounds.low is not None and bounds.high is not None and bounds.low >= bounds.high:
+            errors.append({"loc": loc, "msg": "low must be below high"})
+    for spec in model.inputs:
+        first = spec["shape"][0] if spec["shape"] else None
+        if isinstance(first, int) and any(b != first for b in payload.target.batch_sizes):
+            errors.append({"loc": ["target", "batch_sizes"],
+                           "msg": f"the model's input {spec['name']!r} has a fixed batch size of {first}"})
+            break
+
+
+def _requested_steps(payload: JobCreate, model: Model, errors: list[dict[str, Any]]) -> tuple[list[dict], str | None]:
+    if payload.steps is not None:
+        return [{"pass": s.pass_, "params": s.params} for s in payload.steps], None
+    preset = PRESETS.get(payload.preset)
+    if preset is None:
+        errors.append({"loc": ["preset"], "msg": f"unknown preset {payload.preset!r}; GET /v1/presets lists them"})
+        return [], None
+    steps, why = preset.resolve({"format": model.format, "details": model.details, "inputs": model.inputs,
+                                 "datasets": sorted(payload.datasets)})
+    return steps, f"preset {preset.name}: {why}"
+
+
+def _resolve_steps(requested: list[dict], source_format: str, payload: JobCreate,
+                   errors: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    steps: list[dict[str, Any]] = []
+    current = source_format
+    queue = "gpu" if payload.target.device == "cuda" else "cpu"
+    for i, step in enumerate(requested):
+        spec = REGISTRY.get(step["pass"])
+        if spec is None:
+            errors.append({"loc": ["steps", i, "pass"],
+                           "msg": f"unknown pass {step['pass']!r}; GET /v1/passes lists them"})
+            continue
+        if current not in spec.accepts and current in TORCH_FORMATS and "onnx" in spec.accepts:
+            steps.append(_step(len(steps), REGISTRY[EXPORT], REGISTRY[EXPORT].params().model_dump(mode="json"),
+                               f"{spec.name} takes ONNX; the {current} model is exported first", inserted=True))
+            current = "onnx"
+        try:
+            params = spec.params.model_validate(step["params"]).model_dump(mode="json")
+        except ValidationError as exc:
+            errors.extend({"loc": ["steps", i, "params", *e["loc"]], "msg": e["msg"]} for e in exc.errors())
+            params = step["params"]
+        if reason := spec.unavailable_reason():
+            errors.append({"loc": ["steps", i, "pass"], "msg": f"{spec.name} cannot run here: {reason}"})
+        if current not in spec.accepts:
+            errors.append({"loc": ["steps", i, "pass"],
+                           "msg": f"{spec.name} takes {' or '.join(spec.accepts)} models, but the model at this "
+                                  f"step is {current}"})
+        errors.extend({"loc": ["steps", i, "pass"], "msg": f"{spec.name} needs a {role!r} dataset"}
+                      for role in spec.datasets if role not in payload.datasets)
+        current = spec.produces
+        if spec.queue == "gpu":
+            queue = "gpu"
+        steps.append(_step(len(steps), spec, params, None))
+    return steps, queue
+
+
+def _step(index: int, spec, params: dict[str, Any], reason: str | None, inserted: bool = False) -> dict[str, Any]:
+    return {"index": index, "pass": spec.name, "params": params, "queue": spec.queue, "accepts": list(spec.accepts),
+            "produces": spec.produces, "inserted": inserted, "reason": reason}
+
+
+def create(session: Session, tenant: str, payload: JobCreate) -> Job:
+    resolved = plan(session, tenant, payload)
+    steps = [{"index": s["index"], "pass": s["pass"], "params": s["params"], "status": "pending",
+              "inserted": s["inserted"], "reason": s["reason"], "started_at": None, "finished_at": None,
+              "metrics": {}} for s in resolved["steps"]]
     job = repository.add(session, Job(
-        tenant=tenant, model_id=model_id, source_artifact_id=payload.artifact_id, steps=steps, queue=queue,
-        datasets=payload.datasets, evaluation=payload.evaluation.model_dump(mode="json", exclude_none=True),
-        target=payload.target.model_dump(mode="json", exclude_defaults=False),
-        webhook=payload.webhook.model_dump(mode="json") if payload.webhook else None,
+        tenant=tenant, model_id=resolved["model_id"], source_artifact_id=payload.artifact_id, steps=steps,
+        queue=resolved["queue"], datasets=payload.datasets, evaluation=resolved["evaluation"],
+        target=resolved["target"], webhook=payload.webhook.model_dump(mode="json") if payload.webhook else None,
         max_attempts=get_settings().max_attempts))
-    session.add(JobLog(job_id=job.id, message=f"queued on {queue}: " + " → ".join(s["pass"] for s in steps)))
-    job_id = job.id
+    session.add(JobLog(job_id=job.id, message=f"queued on {job.queue}: " + " → ".join(s["pass"] for s in steps)))
+    job_id, queue = job.id, job.queue
     on_commit(session, lambda: dispatch(job_id, queue))  # the row exists before any worker can look
     return job
 

@@ -12,6 +12,11 @@ def get(session: Session, tenant: str, model_id: str) -> Model | None:
     return session.scalar(select(Model).where(Model.id == model_id, Model.tenant == tenant))
 
 
+def get_any(session: Session, model_id: str) -> Model | None:
+    """The model behind an artifact: it may have been deleted since, which the caller handles."""
+    return session.get(Model, model_id)
+
+
 def list_page(session: Session, tenant: str, page: Page) -> tuple[list[Model], str | None]:
     return paginate(session, select(Model).where(Model.tenant == tenant), Model, page)
 

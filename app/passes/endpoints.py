@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from workers.passes import REGISTRY
+from workers.passes.presets import PRESETS
 
 router = APIRouter(prefix="/v1", tags=["passes"])
 
@@ -18,3 +19,10 @@ def list_passes():
                       "datasets": list(spec.datasets), "available": reason is None,
                       "unavailable_reason": reason, "queue": spec.queue})
     return {"items": items}
+
+
+@router.get("/presets")
+def list_presets():
+    """Named recipes; `POST /v1/jobs?dry_run=true` with a preset shows the steps it picks for a model."""
+    return {"items": [{"name": p.name, "description": p.description, "datasets": list(p.datasets)}
+                      for p in sorted(PRESETS.values(), key=lambda p: p.name)]}

@@ -95,3 +95,15 @@ def test_health_and_readiness(client):
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok", "store": "ok"}
     assert client.get("/openapi.json").json()["info"]["title"] == "TensorPress"
+
+
+def test_target_inputs_are_checked_against_the_model(client, uploaded_model):
+    cases = [
+        ({"inputs": {"x": {"shape": [1, 63]}}}, ["target", "inputs", "x", "shape"]),
+        ({"inputs": {"input_ids": {"low": 0, "high": 10}}}, ["target", "inputs", "input_ids"]),
+        ({"inputs": {"x": {"low": 3, "high": 1}}}, ["target", "inputs", "x"]),
+    ]
+    for target, loc in cases:
+        body = assert_problem(submit(client, uploaded_model["id"], target=target), 422)
+        assert [e["loc"] for e in body["errors"]] == [loc], body
+    assert submit(client, uploaded_model["id"], target={"inputs": {"x": {"shape": [4, 64]}}}).status_code == 202

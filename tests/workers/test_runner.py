@@ -6,7 +6,6 @@ import hashlib
 from datetime import timedelta
 
 import numpy as np
-import pytest
 
 from tests.app.test_jobs_api import submit
 from tests.factories import onnx_mlp, run_onnx
@@ -152,12 +151,3 @@ def test_job_from_an_earlier_artifact(client, uploaded_model):
     assert job["state"] == "succeeded" and job["metrics"]["original"]["size_bytes"] == artifact["size_bytes"]
     missing = client.post("/v1/jobs", json={"artifact_id": "0" * 32, "steps": [{"pass": "quantize.dynamic"}]})
     assert missing.status_code == 422 and missing.json()["errors"][0]["loc"] == ["artifact_id"]
-
-
-@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
-def test_unrunnable_input_shape_fails_clearly(client, uploaded_model):
-    job_id = submit(client, uploaded_model["id"], target={"inputs": {"x": {"shape": [1, 63]}}}).json()["id"]
-    run(job_id)
-    job = client.get(f"/v1/jobs/{job_id}").json()
-    assert job["state"] == "failed" and job["error"]["step"] is None
-    assert [s["status"] for s in job["steps"]] == ["skipped"]

@@ -34,11 +34,19 @@ class Cancelled(Exception):
 
 @dataclass
 class PassContext:
-    """Everything a pass may use. Paths are local files; the work directory is the pass's own."""
+    """Everything a pass may use. Paths are local files; the work directory is the pass's own.
+
+    ``inputs``/``outputs`` are the model's tensor specs (``{"name", "dtype", "shape"}``, a string in a shape
+    names a dynamic dimension); ``dim_defaults`` gives a size for dynamic dimensions other than the batch;
+    ``datasets`` maps roles (``calibration``, ``training``, …) to ``.npz`` files.
+    """
 
     model_path: Path
     model_format: str
     work_dir: Path
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    dim_defaults: dict[str, int] = field(default_factory=dict)
     datasets: dict[str, Path] = field(default_factory=dict)
     device: str = "cpu"
     target: dict[str, Any] = field(default_factory=dict)
