@@ -135,3 +135,25 @@ def uploaded_model(client, mlp_bytes) -> dict:
                            headers={"content-type": "application/octet-stream"})
     assert response.status_code == 201, response.text
     return response.json()
+
+
+@pytest.fixture(scope="session")
+def cnn():
+    """The digits CNN (3 epochs) and an example input."""
+    from tests.factories import digits_cnn
+
+    return digits_cnn(epochs=3)
+
+
+@pytest.fixture(scope="session")
+def torchscript(cnn) -> bytes:
+    from tests.factories import torchscript_bytes
+
+    return torchscript_bytes(*cnn)
+
+
+@pytest.fixture(scope="session")
+def pt2(cnn) -> bytes:
+    from tests.factories import pt2_bytes
+
+    return pt2_bytes(*cnn)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import onnx
@@ -61,4 +63,98 @@ def pickle_bytes() -> bytes:
 def npz_bytes(**arrays: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+# ?inputs= for uploading the digits CNN as TorchScript
+CNN_INPUTS = quote(json.dumps([{"name": "input", "dtype": "float32", "shape": ["batch", 1, 8, 8]}]))
+
+
+def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8×8 digits as float32 [N, 1, 8, 8] in 0..1, split 80/20 (train, test)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.images / 16.0).astype(np.float32)[:, None]
+    y = data.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = x[order], y[order]
+    cut = int(0.8 * len(x))
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
+def digits_cnn(epochs: int = 30, seed: int = 0):
+    """A small CNN trained on the digits (≈0.97 test accuracy in a few seconds); returns (model, example)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
+    x_train, y_train, _, _ = digits()
+    x, y = torch.from_numpy(x_train), torch.from_numpy(y_train)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        for start in range(0, len(x), 128):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x[start:start + 128]), y[start:start + 128]).backward()
+            optimizer.step()
+    return model.eval(), x[:2]
+
+
+def torchscript_bytes(model, example) -> bytes:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.trace(model, example), buffer)
+    return buffer.getvalue()
+
+
+def pt2_bytes(model, example) -> bytes:
+    import torch
+
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1,
+                                                                                             max=4096)},))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
+
+
+def onnx_zip_bytes(data: bytes, escape: str | None = None) -> bytes:
+    """The given ONNX model with its weights moved to an external-data file, zipped in a folder.
+    ``escape`` rewrites every external-data location (e.g. to ``../outside.bin``)."""
+    import tempfile
+    import zipfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = onnx.load_from_string(data)
+        onnx.save(model, f"{tmp}/model.onnx", save_as_external_data=True, location="weights.bin",
+                  size_threshold=0)
+        if escape:
+            model = onnx.load(f"{tmp}/model.onnx", load_external_data=False)
+            for tensor in model.graph.initializer:
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        entry.value = escape
+            onnx.save(model, f"{tmp}/model.onnx")
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.write(f"{tmp}/model.onnx", "net/model.onnx")
+            archive.write(f"{tmp}/weights.bin", "net/weights.bin")
+    return buffer.getvalue()
+
+
+def zip_bytes(entries: dict[str, bytes], symlink: str | None = None) -> bytes:
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in entries.items():
+            archive.writestr(name, content)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (0o120777 << 16)
+            archive.writestr(info, "/etc/passwd")
     return buffer.getvalue()

@@ -40,8 +40,8 @@ def safe_members(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[zi
         if (name.startswith("/") or "\\" in name or ".." in parts or (parts and ":" in parts[0])
                 or "\x00" in name):
             raise ArchiveRefused(f"unsafe entry name in the archive: {name!r}")
-        mode = info.external_attr >> 16
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the archiver recorded permissions only
+        if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
             raise ArchiveRefused(f"the archive entry {name!r} is a link or special file")
         total += info.file_size
         if total > limits.max_expanded_bytes:

@@ -120,7 +120,7 @@ class JobList(BaseModel):
 
 class StepPlan(BaseModel):
     index: int
-    pass_: str = Field(serialization_alias="pass")
+    pass_: str = Field(alias="pass", serialization_alias="pass")
     params: dict[str, Any]
     queue: str
     accepts: list[str]
