@@ -12,6 +12,10 @@ from typing import Any
 from app.core.errors import TensorPressError, UnprocessableUpload
 
 
+# How running out of RLIMIT_AS shows when the process survives to report it.
+OUT_OF_MEMORY = ("MemoryError", "Cannot allocate memory", "failed to map segment", "std::bad_alloc")
+
+
 def _limits(memory_bytes: int, cpu_s: int):
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
@@ -32,8 +36,11 @@ def run_json(module: str, args: list[str], *, memory_bytes: int, timeout_s: int)
     except subprocess.TimeoutExpired as exc:
         raise UnprocessableUpload(f"inspecting the upload took longer than {timeout_s} s") from exc
     if proc.returncode != 0:
-        reason = "it ran out of its memory or CPU limit" if proc.returncode < 0 else "the inspector crashed"
-        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        stderr = proc.stderr.decode(errors="replace")
+        out_of_memory = any(sign in stderr for sign in OUT_OF_MEMORY)
+        reason = ("it ran out of its memory or CPU limit" if proc.returncode < 0 or out_of_memory
+                  else "the inspector crashed")
+        tail = stderr.strip().splitlines()[-1:] or [""]
         raise UnprocessableUpload(f"the upload could not be inspected: {reason} ({tail[0][:300]})")
     try:
         return json.loads(proc.stdout)

@@ -134,3 +134,17 @@ def test_hostile_onnx_zips_are_refused(client, mlp_bytes, env, archive, message)
     assert response.status_code in (415, 422), response.text
     assert message in response.json()["detail"]
     assert model_rows() == 0 and stored_files(env) == []
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
+def test_inspection_runs_under_memory_and_time_limits(client, pt2, env, monkeypatch):
+    from tests.conftest import reset_caches
+
+    monkeypatch.setenv("TENSORPRESS_INSPECT_MEMORY_BYTES", str(256 << 20))
+    reset_caches()
+    assert "memory or CPU limit" in assert_problem(upload(client, pt2), 422)["detail"]
+    monkeypatch.setenv("TENSORPRESS_INSPECT_MEMORY_BYTES", str(8 << 30))
+    monkeypatch.setenv("TENSORPRESS_INSPECT_TIMEOUT_S", "1")
+    reset_caches()
+    assert "longer than 1 s" in assert_problem(upload(client, pt2), 422)["detail"]
+    assert model_rows() == 0 and stored_files(env) == []

@@ -107,3 +107,26 @@ def test_target_inputs_are_checked_against_the_model(client, uploaded_model):
         body = assert_problem(submit(client, uploaded_model["id"], target=target), 422)
         assert [e["loc"] for e in body["errors"]] == [loc], body
     assert submit(client, uploaded_model["id"], target={"inputs": {"x": {"shape": [4, 64]}}}).status_code == 202
+
+
+def test_passes_this_deployment_cannot_run_or_without_their_data_are_refused(client, uploaded_model, monkeypatch):
+    from workers.passes import REGISTRY, PassSpec
+    from workers.passes.quantization.dynamic import DynamicQuantizeParams
+
+    def never(ctx, params):
+        raise AssertionError("must not run")
+
+    monkeypatch.setitem(REGISTRY, "engine.unavailable", PassSpec(
+        name="engine.unavailable", description="needs a library that is not installed", accepts=("onnx",),
+        produces="onnx", params=DynamicQuantizeParams, run=never, requires=("no_such_library_here",)))
+    monkeypatch.setitem(REGISTRY, "quantize.needs_data", PassSpec(
+        name="quantize.needs_data", description="needs calibration data", accepts=("onnx",), produces="onnx",
+        params=DynamicQuantizeParams, run=never, datasets=("calibration",)))
+    listed = {p["name"]: p for p in client.get("/v1/passes").json()["items"]}
+    assert listed["engine.unavailable"]["available"] is False
+    assert "no_such_library_here" in listed["engine.unavailable"]["unavailable_reason"]
+    problem = assert_problem(submit(client, uploaded_model["id"], [{"pass": "engine.unavailable"},
+                                                                   {"pass": "quantize.needs_data"}]), 422)
+    messages = {tuple(e["loc"]): e["msg"] for e in problem["errors"]}
+    assert "cannot run here" in messages[("steps", 0, "pass")]
+    assert "needs a 'calibration' dataset" in messages[("steps", 1, "pass")]
