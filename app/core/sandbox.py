@@ -11,7 +11,6 @@ from typing import Any
 
 from app.core.errors import TensorPressError, UnprocessableUpload
 
-
 # How running out of RLIMIT_AS shows when the process survives to report it.
 OUT_OF_MEMORY = ("MemoryError", "Cannot allocate memory", "failed to map segment", "std::bad_alloc")
 
