@@ -97,6 +97,6 @@ SPEC = register(
         produces="onnx",
         params=OnnxExportParams,
         run=run,
-        requires=("torch", "onnxruntime"),
+        requires=("torch", "onnxruntime", "onnxscript"),
     )
 )
