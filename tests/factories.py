@@ -92,7 +92,7 @@ def digits_cnn(epochs: int = 30, seed: int = 0):
     model = nn.Sequential(
         nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
+        nn.Flatten(), nn.Linear(32 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10))
     x_train, y_train, _, _ = digits()
     x, y = torch.from_numpy(x_train), torch.from_numpy(y_train)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -158,3 +158,52 @@ def zip_bytes(entries: dict[str, bytes], symlink: str | None = None) -> bytes:
             info.external_attr = (0o120777 << 16)
             archive.writestr(info, "/etc/passwd")
     return buffer.getvalue()
+
+
+def onnx_from_torch(model, example, input_name: str = "input", output_name: str = "output") -> bytes:
+    """ONNX bytes of a torch module (TorchScript exporter, opset 17, dynamic batch)."""
+    import tempfile
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/model.onnx"
+        torch.onnx.export(model, (example,), path, input_names=[input_name], output_names=[output_name],
+                          dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}}, opset_version=17,
+                          dynamo=False)
+        return Path(path).read_bytes()
+
+
+def tiny_transformer(vocab: int = 100, dim: int = 64, heads: int = 4, layers: int = 2, seed: int = 0):
+    """A small BERT-like encoder over token ids [batch, 16] → mean-pooled embeddings [batch, dim]."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+            self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            self.up, self.down = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q, k, v = self.qkv(x).reshape(b, t, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+            attention = torch.softmax(q @ k.transpose(-1, -2) / (dim // heads) ** 0.5, dim=-1)
+            x = self.norm1(x + self.proj((attention @ v).transpose(1, 2).reshape(b, t, dim)))
+            return self.norm2(x + self.down(nn.functional.gelu(self.up(x))))
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(vocab, dim)
+            self.blocks = nn.ModuleList(Block() for _ in range(layers))
+
+        def forward(self, input_ids):
+            x = self.embed(input_ids)
+            for block in self.blocks:
+                x = block(x)
+            return x.mean(dim=1)
+
+    torch.manual_seed(seed)
+    return Encoder().eval(), torch.randint(0, vocab, (2, 16))

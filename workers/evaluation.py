@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 WARMUP = 5
+ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 MAX_TIMED_S = 10.0
 
 
@@ -59,9 +60,13 @@ class OnnxRunner:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.conditions = {"runtime": "onnxruntime", "version": ort.__version__,
                            "provider": "CPUExecutionProvider", "threads": threads}
+        # A pass may change input types (float16 without keep_io_types): feed each input in its own type.
+        self.types = {i.name: ONNX_TYPES.get(i.type) for i in self.session.get_inputs()}
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(None, feeds)
+        feeds = {k: v.astype(self.types[k]) if self.types.get(k) and v.dtype != self.types[k] else v
+                 for k, v in feeds.items()}
+        return [o.astype(np.float32) if o.dtype == np.float16 else o for o in self.session.run(None, feeds)]
 
 
 class TorchRunner:

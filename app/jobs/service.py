@@ -110,6 +110,10 @@ def _requested_steps(payload: JobCreate, model: Model, errors: list[dict[str, An
     if preset is None:
         errors.append({"loc": ["preset"], "msg": f"unknown preset {payload.preset!r}; GET /v1/presets lists them"})
         return [], None
+    missing = [role for role in preset.datasets if role not in payload.datasets]
+    if missing:
+        errors.append({"loc": ["preset"], "msg": f"preset {preset.name} needs a {missing[0]!r} dataset"})
+        return [], None
     steps, why = preset.resolve({"format": model.format, "details": model.details, "inputs": model.inputs,
                                  "datasets": sorted(payload.datasets)})
     return steps, f"preset {preset.name}: {why}"

@@ -15,7 +15,7 @@ from tests import factories
 from tests.app.test_models_api import OCTET, assert_problem, model_rows, stored_files
 from tests.factories import CNN_INPUTS
 
-CNN_PARAMETERS = (16 * 9 + 16) + 32 + (32 * 16 * 9 + 32) + (512 * 64 + 64) + (64 * 10 + 10)
+CNN_PARAMETERS = (16 * 9 + 16) + 32 + (32 * 16 * 9 + 32) + (512 * 128 + 128) + (128 * 10 + 10)
 
 
 def upload(client, body: bytes, query: str = ""):

@@ -1,7 +1,12 @@
 """The pass registry. Importing this package registers every pass; it loads no ML library."""
 
 from workers.passes.base import REGISTRY, Cancelled, PassContext, PassParams, PassResult, PassSpec
-from workers.passes.export import onnx  # noqa: F401  (registers)
-from workers.passes.quantization import dynamic  # noqa: F401  (registers)
+from workers.passes.export import onnx as _export_onnx
+from workers.passes.optimize import onnxruntime as _optimize_ort
+from workers.passes.quantization import dynamic as _dynamic
+from workers.passes.quantization import fp16 as _fp16
+from workers.passes.quantization import static as _static
+from workers.passes.quantization import weight_only as _weight_only
 
 __all__ = ["REGISTRY", "Cancelled", "PassContext", "PassParams", "PassResult", "PassSpec"]
+_REGISTERED = (_export_onnx, _optimize_ort, _dynamic, _fp16, _static, _weight_only)

@@ -44,3 +44,23 @@ def gemm_to_matmul(model: Any) -> int:
         del graph.initializer[:]
         graph.initializer.extend(keep)
     return rewritten
+
+
+def topological_sort(graph: Any) -> None:
+    """Order ``graph.node`` so that every node comes after the producers of its inputs (in place).
+
+    Some converters (float16 with ``keep_io_types``) append the casts they insert at the end, which
+    ONNX Runtime tolerates but the ONNX checker and other runtimes refuse.
+    """
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise ValueError("the graph has a cycle or an input no node produces")
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    del graph.node[:]
+    graph.node.extend(ordered)

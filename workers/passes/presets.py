@@ -1,7 +1,13 @@
-"""Presets: named recipes that choose their steps from what inspection recorded about the model.
+"""Presets: named recipes that choose their scheme per model family, from what inspection recorded.
 
-A preset resolves to ordinary steps (shown by ``POST /v1/jobs?dry_run=true``), each with the reason it was
-chosen. Like the pass modules, this file loads no ML library: the API validates presets from it.
+The family comes from the operator counts of the uploaded model (ONNX op types, or ATen ops for torch
+models): attention (softmax beside matrix products) → ``transformer``; convolutions → ``cnn``; else ``mlp``.
+A preset resolves to ordinary steps (shown by ``POST /v1/jobs?dry_run=true``) with the reason for the choice.
+Like the pass modules, this file loads no ML library: the API validates presets from it.
+
+Measured on this project's machines (FACTS.md, docs/benchmarks.md): dynamic int8 suits transformers and MLPs
+but makes convolutions ~8× slower; static QDQ speeds CNNs up at equal accuracy but collapses transformers
+unless restricted to constant-weight MatMuls away from GELU outputs; fp16 only pays off on GPUs.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 Steps = list[dict[str, Any]]
+TRANSFORMER_STATIC = {"op_types": ["MatMul"], "constant_weights_only": True, "exclude_after": ["Erf", "Gelu"]}
 
 
 @dataclass(frozen=True)
@@ -21,16 +28,54 @@ class Preset:
     datasets: tuple[str, ...] = ()
 
 
+def family(details: dict[str, Any]) -> str:
+    ops = {k.lower(): v for k, v in details.get("op_counts", {}).items()}
+
+    def count(*keys: str) -> int:
+        return sum(v for k, v in ops.items() if any(key in k for key in keys))
+
+    if count("softmax", "attention") and count("matmul", "gemm", "linear", "addmm", "bmm"):
+        return "transformer"
+    if count("conv"):
+        return "cnn"
+    return "mlp"
+
+
 def _cpu_int8(model: dict[str, Any]) -> tuple[Steps, str]:
-    ops = model.get("details", {}).get("op_counts", {})
-    convs = sum(n for op, n in ops.items() if "conv" in op.lower())
-    why = "int8 weights for MatMul/Gemm layers, activations quantized at run time"
-    if convs:
-        why += f"; the model's {convs} convolution(s) stay float (dynamic ConvInteger is slower than float on CPUs)"
-    return [{"pass": "quantize.dynamic", "params": {"per_channel": True}}], why
+    kind = family(model["details"])
+    if kind == "cnn" and "calibration" in model["datasets"]:
+        return ([{"pass": "quantize.static", "params": {"method": "minmax", "per_channel": True}}],
+                "convolutional model with calibration data: static int8 QDQ (dynamic int8 makes convolutions "
+                "about 8× slower on CPUs)")
+    if kind == "cnn":
+        return ([{"pass": "quantize.dynamic", "params": {"op_types": ["MatMul", "Gemm"]}}],
+                "convolutional model without calibration data: only its MatMul/Gemm layers are quantized "
+                "(dynamically); convolutions stay float — add a calibration dataset for static int8 of the "
+                "convolutions")
+    return ([{"pass": "quantize.dynamic", "params": {"per_channel": True}}],
+            f"{kind}: dynamic int8 per channel (int8 weights for MatMul/Gemm and embeddings, activations "
+            "quantized at run time)")
+
+
+def _cpu_int8_static(model: dict[str, Any]) -> tuple[Steps, str]:
+    kind = family(model["details"])
+    if kind == "transformer":
+        return ([{"pass": "quantize.static", "params": {"method": "minmax", **TRANSFORMER_STATIC}}],
+                "transformer: static int8 on constant-weight MatMuls only, keeping attention products and "
+                "GELU-fed projections float (static int8 on every op collapses transformers)")
+    return ([{"pass": "quantize.static", "params": {"method": "minmax", "per_channel": True}}],
+            f"{kind}: static int8 QDQ on every supported op, per-channel weights")
+
+
+def _gpu_fp16(model: dict[str, Any]) -> tuple[Steps, str]:
+    return ([{"pass": "quantize.fp16", "params": {"keep_io_types": True}}],
+            "float16 weights and compute with float32 inputs/outputs, for GPUs (on CPUs fp16 runs slower)")
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("cpu-int8", "Int8 for CPUs: dynamic quantization of MatMul-heavy models (transformers, MLPs, RNNs).",
-           _cpu_int8),
+    Preset("cpu-int8", "Int8 for CPUs, chosen per family: dynamic for transformers and MLPs; static QDQ for CNNs "
+           "when a calibration dataset is given.", _cpu_int8),
+    Preset("cpu-int8-static", "Static int8 QDQ calibrated on the calibration dataset, restricted to what stays "
+           "accurate for the model's family.", _cpu_int8_static, datasets=("calibration",)),
+    Preset("gpu-fp16", "Float16 for GPUs, inputs and outputs kept float32.", _gpu_fp16),
 )}
