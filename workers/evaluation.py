@@ -84,10 +84,10 @@ class TorchRunner:
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         import torch
 
-        with torch.inference_mode():
+        with torch.no_grad():
             result = self.module(*(torch.from_numpy(feeds[n]) for n in self.names))
         results = [result] if isinstance(result, torch.Tensor) else list(result)
-        return [r.numpy() for r in results]
+        return [r.detach().numpy() for r in results]
 
     def parameters(self) -> list[np.ndarray]:
         return [p.detach().numpy() for p in self.module.parameters()]

@@ -120,7 +120,7 @@ def inspect_torchscript(path: Path, declared: list[dict[str, Any]] | None) -> di
             raise FormatRefused(422, f"invalid input spec {spec}: {TORCHSCRIPT_INPUTS_HINT}") from exc
         feeds.append(torch.from_numpy(np.zeros(shape, dtype=dtype)))
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             outputs = _outputs(module(*feeds))
     except FormatRefused:
         raise

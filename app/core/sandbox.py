@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -36,9 +37,12 @@ def run_json(module: str, args: list[str], *, memory_bytes: int, timeout_s: int)
         raise UnprocessableUpload(f"inspecting the upload took longer than {timeout_s} s") from exc
     if proc.returncode != 0:
         stderr = proc.stderr.decode(errors="replace")
-        out_of_memory = any(sign in stderr for sign in OUT_OF_MEMORY)
-        reason = ("it ran out of its memory or CPU limit" if proc.returncode < 0 or out_of_memory
-                  else "the inspector crashed")
+        if proc.returncode == -signal.SIGXCPU:
+            reason = f"it ran past its CPU-time limit of {timeout_s} s"
+        elif any(sign in stderr for sign in OUT_OF_MEMORY) or proc.returncode < 0:
+            reason = "it ran out of its memory limit"
+        else:
+            reason = "the inspector crashed"
         tail = stderr.strip().splitlines()[-1:] or [""]
         raise UnprocessableUpload(f"the upload could not be inspected: {reason} ({tail[0][:300]})")
     try:

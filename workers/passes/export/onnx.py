@@ -59,13 +59,12 @@ def run(ctx: PassContext, params: OnnxExportParams) -> PassResult:
     onnx.save(model, str(out))
     ctx.check_cancelled()
 
-    with torch.inference_mode():
+    with torch.no_grad():
         result = module(*args)
-    expected = [result] if isinstance(result, torch.Tensor) else list(result)
+    expected = [t.detach().numpy() for t in ([result] if isinstance(result, torch.Tensor) else result)]
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = session.run(None, {k: v for k, v in feeds.items() if k in in_names})
-    error = max(float(np.max(np.abs(e.numpy() - g) / np.maximum(1.0, np.abs(e.numpy()))))
-                for e, g in zip(expected, got, strict=True))
+    error = max(float(np.max(np.abs(e - g) / np.maximum(1.0, np.abs(e)))) for e, g in zip(expected, got, strict=True))
     if error > params.tolerance:
         raise ValueError(f"the exported model disagrees with torch: relative error {error:.3g} > {params.tolerance}")
     ctx.log(f"exported with the {exporter} exporter at opset {params.opset}; verified, max relative error "

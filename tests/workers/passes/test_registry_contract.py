@@ -1,0 +1,76 @@
+"""Every registered pass: documented parameters, and a run on a tiny model of each format it accepts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from tests import factories
+from workers.passes import REGISTRY, PassContext
+
+MLP_INPUTS = [{"name": "x", "dtype": "float32", "shape": ["batch", 64]}]
+MLP_OUTPUTS = [{"name": "logits", "dtype": "float32", "shape": ["batch", 10]}]
+
+
+def tiny_model(fmt: str, folder):
+    """A 64→256→256→10 MLP in the requested format."""
+    import torch
+
+    if fmt == "onnx":
+        path = folder / "model.onnx"
+        factories.onnx_mlp(path)
+        return path
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)).eval()
+    example = torch.randn(2, 64)
+    if fmt == "torchscript":
+        path = folder / "model.pt"
+        torch.jit.save(torch.jit.trace(module, example), str(path))
+    else:
+        path = folder / "model.pt2"
+        path.write_bytes(factories.pt2_bytes(module, example))
+    return path
+
+
+CASES = [(name, fmt) for name, spec in sorted(REGISTRY.items()) for fmt in spec.accepts]
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_params_are_documented_frozen_and_strict(name):
+    spec = REGISTRY[name]
+    assert spec.description and spec.family == name.split(".")[0] and spec.produces
+    defaults = spec.params()
+    for field_name, field in spec.params.model_fields.items():
+        assert field.description, f"{name}.{field_name} has no description"
+    with pytest.raises(ValidationError):
+        spec.params(no_such_parameter=1)
+    with pytest.raises(ValidationError):
+        defaults.__setattr__(next(iter(spec.params.model_fields)), None)
+
+
+@pytest.mark.parametrize(("name", "fmt"), CASES)
+def test_every_pass_runs_on_a_tiny_model(name, fmt, tmp_path):
+    import onnxruntime as ort
+
+    spec = REGISTRY[name]
+    model = tiny_model(fmt, tmp_path)
+    rng = np.random.default_rng(0)
+    datasets = {}
+    for role in spec.datasets:
+        datasets[role] = tmp_path / f"{role}.npz"
+        np.savez(datasets[role], x=rng.standard_normal((32, 64)).astype(np.float32))
+    work = tmp_path / "work"
+    work.mkdir()
+    outputs = MLP_OUTPUTS if fmt == "onnx" else [{"name": "output", "dtype": "float32", "shape": ["batch", 10]}]
+    ctx = PassContext(model_path=model, model_format=fmt, work_dir=work, inputs=MLP_INPUTS, outputs=outputs,
+                      datasets=datasets)
+    result = spec.run(ctx, spec.params())
+    assert result.format == spec.produces and result.model_path.is_file()
+    assert result.model_path.is_relative_to(work)
+    if result.format == "onnx":
+        session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
+        feed = rng.standard_normal((3, 64)).astype(np.float32)
+        if session.get_inputs()[0].type == "tensor(float16)":
+            feed = feed.astype(np.float16)
+        assert session.run(None, {"x": feed})[0].shape == (3, 10)
