@@ -32,5 +32,7 @@ lint: install-test
 	$(VENV)/bin/lint-imports
 
 bench: install-test
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/service_vs_script.py
 	$(PY) benchmarks/upload.py
+	$(PY) benchmarks/minilm.py

@@ -106,7 +106,8 @@ def test_transformer_static_preset_keeps_it_from_collapsing(client, transformer_
                "target": {"inputs": {"input_ids": {"shape": [1, 16], "low": 0, "high": 100}}}}
     job = run_job(client, payload)
     assert job["steps"][0]["params"]["constant_weights_only"] is True
-    assert job["steps"][0]["metrics"]["kept_float"] >= 2
+    # per block: Q·Kᵀ and attention·V (no constant weight) and the GELU-fed down-projection
+    assert job["steps"][0]["metrics"]["kept_float"] == 3 * 2
     assert job["metrics"]["result"]["fidelity"]["cosine"] > 0.98
 
 
@@ -164,3 +165,13 @@ def test_static_needs_calibration_data(client, uploaded_model):
     problem = assert_problem(client.post("/v1/jobs", json={"model_id": uploaded_model["id"],
                                                            "steps": [{"pass": "quantize.static"}]}), 422)
     assert problem["errors"] == [{"loc": ["steps", 0, "pass"], "msg": "quantize.static needs a 'calibration' dataset"}]
+
+
+def test_weight_only_4bit_packs_linear_layers_and_the_embedding_table(client, transformer_onnx):
+    job = run_job(client, {"model_id": upload_model(client, transformer_onnx),
+                           "steps": [{"pass": "quantize.weight_only", "params": {"bits": 4}}],
+                           "target": {"inputs": {"input_ids": {"shape": [1, 16], "low": 0, "high": 100}}}})
+    metrics = job["steps"][0]["metrics"]
+    assert metrics["matmulnbits_nodes"] == 8 and metrics["quantized_embeddings"] == 1
+    assert job["metrics"]["result"]["size_bytes"] < 0.3 * job["metrics"]["original"]["size_bytes"]
+    assert job["metrics"]["result"]["fidelity"]["cosine"] > 0.95

@@ -35,7 +35,8 @@ class StaticQuantizeParams(PassParams):
         default_factory=list, description="Node names or op types to keep in float (e.g. a sensitive last layer)."
     )
     exclude_after: list[str] = Field(
-        default_factory=list, description="Keep float every node fed by one of these op types (e.g. Erf, Gelu)."
+        default_factory=list, description="Keep float every node fed by one of these op types, looking through "
+        "element-wise ops (e.g. Erf, Gelu: the projection after a GELU)."
     )
     constant_weights_only: bool = Field(
         default=False, description="Quantize MatMul/Gemm only where one operand is a constant weight."
@@ -80,15 +81,29 @@ def excluded_nodes(model: Any, params: StaticQuantizeParams) -> list[str]:
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     producer = {o: n for n in model.graph.node for o in n.output}
-    names = set(params.exclude)
+    names, after = set(params.exclude), set(params.exclude_after)
     out = []
     for node in model.graph.node:
-        fed_by = {producer[i].op_type for i in node.input if i in producer}
-        if (node.name in names or node.op_type in names or fed_by & set(params.exclude_after)
+        fed = after and node.op_type not in ELEMENTWISE and _fed_by(node, after, producer)
+        if (node.name in names or node.op_type in names or fed
                 or (params.constant_weights_only and node.op_type in ("MatMul", "Gemm")
                     and not any(i in constants for i in node.input[:2]))):
             out.append(node.name)
     return out
+
+
+# Element-wise ops looked through when asking what feeds a node: GELU exported from torch is
+# Div → Erf → Add → Mul → Mul, so the MatMul after it is fed by a Mul that Erf feeds.
+ELEMENTWISE = {"Mul", "Add", "Div", "Sub", "Cast", "Identity"}
+
+
+def _fed_by(node: Any, types: set[str], producer: dict[str, Any], depth: int = 4) -> bool:
+    frontier = [producer[i] for i in node.input if i in producer]
+    for _ in range(depth):
+        if any(p.op_type in types for p in frontier):
+            return True
+        frontier = [producer[i] for p in frontier if p.op_type in ELEMENTWISE for i in p.input if i in producer]
+    return False
 
 
 def name_nodes(model: Any) -> None:
