@@ -42,6 +42,8 @@ class JobRun:
         self.settings = get_settings()
         self.store = get_store()
         self.token: int | None = None
+        self.model: dict[str, Any] = {}  # the uploaded model's input/output specs and dim defaults
+        self.datasets: dict[str, Path] = {}  # local .npz paths by role
         self.lost = threading.Event()
         self._stop = threading.Event()
 
@@ -97,24 +99,28 @@ class JobRun:
             beat.join(timeout=5)
             shutil.rmtree(work_dir, ignore_errors=True)
 
-    def _run(self, work_dir: Path) -> None:
+    def _load(self, steps: list[dict]) -> tuple[dict, str, str]:
+        """Fill ``steps`` with the job's steps; return its target and the storage key and format of the
+        model it starts from."""
         with session_scope() as session:
             job = session.get(Job, self.job_id)
-            steps = [dict(s) for s in job.steps]
-            target, attempt = dict(job.target), job.attempt
+            steps.extend(dict(s) for s in job.steps)
             model = session.get(Model, job.model_id)
+            if model is None:
+                raise ValueError(f"model {job.model_id} was deleted")
             self.model = {"inputs": model.inputs, "outputs": model.outputs,
                           "dim_defaults": model.details.get("dim_defaults", {})}
-            if job.source_artifact_id:
-                source = session.get(Artifact, job.source_artifact_id)
-                key, fmt = source.storage_key, source.format
-            else:
-                key, fmt = model.storage_key, model.format
+            source = session.get(Artifact, job.source_artifact_id) if job.source_artifact_id else model
             self.datasets = {role: self.store.path(d.storage_key) for role, dataset_id in job.datasets.items()
                              if (d := session.get(Dataset, dataset_id)) is not None}
-        self.log(f"attempt {attempt} started by {self.owner}")
+            self.log(f"attempt {job.attempt} started by {self.owner}")
+            return dict(job.target), source.storage_key, source.format
+
+    def _run(self, work_dir: Path) -> None:
+        steps: list[dict] = []
         current_index: int | None = None
         try:
+            target, key, fmt = self._load(steps)
             self.update(progress=0.0, current_step=None)
             path = materialize(self.store.path(key), key, work_dir / "source")
             eval_feeds, labels, source = self._evaluation_data(target)
@@ -219,8 +225,8 @@ class JobRun:
                 step.update(status=status, finished_at=now if step["status"] == "running" else None)
 
     def _finish(self, state: str, steps: list[dict], **values: Any) -> None:
-        self.update(state=state, steps=steps, finished_at=utcnow(), lease_expires_at=None,
-                    current_step=None, **values)
+        self.update(state=state, steps=steps, finished_at=utcnow(), lease_expires_at=None, current_step=None,
+                    **values)
 
 
 def run_job(job_id: str, owner: str) -> None:

@@ -102,9 +102,6 @@ class LocalStore:
     def size(self, key: str) -> int:
         return self.path(key).stat().st_size
 
-    def exists(self, key: str) -> bool:
-        return self.path(key).exists()
-
     def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
         """Yield bytes ``start..end`` inclusive."""
         with open(self.path(key), "rb") as fh:

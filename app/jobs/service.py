@@ -56,7 +56,11 @@ def _source(session: Session, tenant: str, payload: JobCreate) -> tuple[Model, s
         artifact = artifacts.get(session, tenant, payload.artifact_id)
         if artifact is None:
             raise ValidationFailed.at(["artifact_id"], f"artifact {payload.artifact_id} not found")
-        return models.get_any(session, repository.model_id_of(session, artifact.job_id)), artifact.format
+        model = models.get_any(session, repository.model_id_of(session, artifact.job_id))
+        if model is None:
+            raise ValidationFailed.at(["artifact_id"], f"the model behind artifact {artifact.id} was deleted, and "
+                                      "with it the input specs the job needs; upload the artifact as a model")
+        return model, artifact.format
     model = models.get(session, tenant, payload.model_id)
     if model is None:
         raise ValidationFailed.at(["model_id"], f"model {payload.model_id} not found")

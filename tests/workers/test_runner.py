@@ -151,3 +151,12 @@ def test_job_from_an_earlier_artifact(client, uploaded_model):
     assert job["state"] == "succeeded" and job["metrics"]["original"]["size_bytes"] == artifact["size_bytes"]
     missing = client.post("/v1/jobs", json={"artifact_id": "0" * 32, "steps": [{"pass": "quantize.dynamic"}]})
     assert missing.status_code == 422 and missing.json()["errors"][0]["loc"] == ["artifact_id"]
+
+
+def test_a_job_whose_model_vanished_fails_with_the_reason(client, uploaded_model):
+    job_id = submit(client, uploaded_model["id"]).json()["id"]
+    set_job(job_id, model_id="0" * 32)
+    run(job_id)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["state"] == "failed" and "was deleted" in job["error"]["detail"]
+    assert [s["status"] for s in job["steps"]] == ["skipped"]
