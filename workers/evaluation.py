@@ -235,3 +235,32 @@ def measure(path: Path, fmt: str, specs: list[dict[str, Any]], target: dict[str,
         "conditions": {**runner.conditions, "iterations": iterations, "warmup": WARMUP, **machine()},
     }
     return metrics, outputs
+
+
+def regressions(original: dict[str, Any], result: dict[str, Any], evaluation_spec: dict[str, Any],
+                objective: str) -> tuple[str, list[str]]:
+    """The metric the accuracy budget applies to, and why the result is worse than the original (DESIGN.md's
+    regression gate): more than ``max_accuracy_drop`` lost; for ``latency``, p50 more than 10% above the
+    original's at any batch size on the same runtime; for ``size``, larger."""
+    fidelity = result.get("fidelity", {})
+    metric = evaluation_spec.get("metric") or (
+        "accuracy" if "accuracy" in result else "top1_agreement" if fidelity.get("top1_agreement") is not None
+        else "cosine")
+    reasons = []
+    if metric in fidelity:
+        before, after = 1.0, fidelity[metric]
+    else:
+        before, after = original.get(metric), result.get(metric)
+    budget = evaluation_spec.get("max_accuracy_drop")
+    if budget is not None and before is not None and after is not None and before - after > budget:
+        reasons.append(f"{metric} dropped by {before - after:.4f} ({before:.4f} → {after:.4f}), more than the "
+                       f"allowed {budget}")
+    if objective == "latency" and original["conditions"]["runtime"] == result["conditions"]["runtime"]:
+        for batch, stats in result["latency_ms"].items():
+            reference = original["latency_ms"][batch]["p50"]
+            if stats["p50"] > 1.1 * reference:
+                reasons.append(f"p50 latency at batch {batch} is {stats['p50']:.3f} ms, more than 10% above the "
+                               f"original's {reference:.3f} ms")
+    if objective == "size" and result["size_bytes"] > original["size_bytes"]:
+        reasons.append(f"{result['size_bytes']} bytes, larger than the original's {original['size_bytes']}")
+    return metric, reasons

@@ -44,6 +44,7 @@ class JobRun:
         self.token: int | None = None
         self.model: dict[str, Any] = {}  # the uploaded model's input/output specs and dim defaults
         self.datasets: dict[str, Path] = {}  # local .npz paths by role
+        self.evaluation: dict[str, Any] = {}  # the job's metric and accuracy budget
         self.lost = threading.Event()
         self._stop = threading.Event()
 
@@ -113,6 +114,7 @@ class JobRun:
             source = session.get(Artifact, job.source_artifact_id) if job.source_artifact_id else model
             self.datasets = {role: self.store.path(d.storage_key) for role, dataset_id in job.datasets.items()
                              if (d := session.get(Dataset, dataset_id)) is not None}
+            self.evaluation = dict(job.evaluation)
             self.log(f"attempt {job.attempt} started by {self.owner}")
             return dict(job.target), source.storage_key, source.format
 
@@ -134,10 +136,14 @@ class JobRun:
             current_index = None
             result, outputs = self._measure(path, fmt, target, eval_feeds, labels)
             result["fidelity"] = {**evaluation.fidelity(reference, outputs), "inputs": source}
+            metric, regressions = evaluation.regressions(original, result, self.evaluation, target["objective"])
             self.log(f"result: {result['size_bytes']} bytes "
                      f"({result['size_bytes'] / original['size_bytes']:.2f}× the original), "
                      f"fidelity {result['fidelity']}")
-            self._finish("succeeded", steps, metrics={"original": original, "result": result}, progress=1.0)
+            for reason in regressions:
+                self.log(f"regression: {reason}", level="warning")
+            self._finish("succeeded", steps, metrics={"original": original, "result": result, "metric": metric},
+                         progress=1.0, regressed=bool(regressions), regressions=regressions)
         except Cancelled:
             self._mark_rest(steps, "cancelled")
             self.log("cancelled")

@@ -160,3 +160,29 @@ def test_a_job_whose_model_vanished_fails_with_the_reason(client, uploaded_model
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["state"] == "failed" and "was deleted" in job["error"]["detail"]
     assert [s["status"] for s in job["steps"]] == ["skipped"]
+
+
+def test_the_regression_gate_flags_a_result_worse_than_the_budget(client, uploaded_model):
+    strict = submit(client, uploaded_model["id"], [{"pass": "quantize.dynamic", "params": {"per_channel": False}}],
+                    evaluation={"metric": "cosine", "max_accuracy_drop": 1e-6}, target={"objective": "size"})
+    run(strict.json()["id"])
+    job = client.get(f"/v1/jobs/{strict.json()['id']}").json()
+    assert job["state"] == "succeeded" and job["regressed"] is True
+    assert job["regressions"][0].startswith("cosine dropped by") and job["metrics"]["metric"] == "cosine"
+    relaxed = submit(client, uploaded_model["id"], evaluation={"max_accuracy_drop": 0.5}, target={"objective": "size"})
+    run(relaxed.json()["id"])
+    job = client.get(f"/v1/jobs/{relaxed.json()['id']}").json()
+    assert job["regressed"] is False and job["regressions"] == [] and job["metrics"]["metric"] == "top1_agreement"
+
+
+def test_regressions_on_latency_compare_the_same_runtime_only():
+    from workers.evaluation import regressions
+
+    def metrics(p50, runtime="onnxruntime", size=100):
+        return {"latency_ms": {"1": {"p50": p50}}, "conditions": {"runtime": runtime}, "size_bytes": size,
+                "fidelity": {"cosine": 0.999, "top1_agreement": None}}
+
+    assert regressions(metrics(1.0), metrics(1.05), {}, "latency") == ("cosine", [])
+    assert "more than 10% above" in regressions(metrics(1.0), metrics(1.2), {}, "latency")[1][0]
+    assert regressions(metrics(1.0, "torch"), metrics(5.0), {}, "latency")[1] == []
+    assert "larger than" in regressions(metrics(1.0), metrics(1.0, size=101), {}, "size")[1][0]
