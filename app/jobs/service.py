@@ -136,7 +136,8 @@ def _resolve_steps(requested: list[dict], source_format: str, payload: JobCreate
             continue
         if current not in spec.accepts and current in TORCH_FORMATS and "onnx" in spec.accepts:
             steps.append(_step(len(steps), REGISTRY[EXPORT], REGISTRY[EXPORT].params().model_dump(mode="json"),
-                               f"{spec.name} takes ONNX; the {current} model is exported first", inserted=True))
+                               "onnx", f"{spec.name} takes ONNX; the {current} model is exported first",
+                               inserted=True))
             current = "onnx"
         try:
             params = spec.params.model_validate(step["params"]).model_dump(mode="json")
@@ -151,16 +152,17 @@ def _resolve_steps(requested: list[dict], source_format: str, payload: JobCreate
                                   f"step is {current}"})
         errors.extend({"loc": ["steps", i, "pass"], "msg": f"{spec.name} needs a {role!r} dataset"}
                       for role in spec.datasets if role not in payload.datasets)
-        current = spec.produces
+        current = spec.output_format(current)
         if spec.queue == "gpu":
             queue = "gpu"
-        steps.append(_step(len(steps), spec, params, None))
+        steps.append(_step(len(steps), spec, params, current, None))
     return steps, queue
 
 
-def _step(index: int, spec, params: dict[str, Any], reason: str | None, inserted: bool = False) -> dict[str, Any]:
+def _step(index: int, spec, params: dict[str, Any], produces: str, reason: str | None,
+          inserted: bool = False) -> dict[str, Any]:
     return {"index": index, "pass": spec.name, "params": params, "queue": spec.queue, "accepts": list(spec.accepts),
-            "produces": spec.produces, "inserted": inserted, "reason": reason}
+            "produces": produces, "inserted": inserted, "reason": reason}
 
 
 def create(session: Session, tenant: str, payload: JobCreate) -> Job:

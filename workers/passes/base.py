@@ -74,12 +74,16 @@ class PassSpec:
     name: str
     description: str
     accepts: tuple[str, ...]
-    produces: str
+    produces: str  # a format, or "same": the input's format
     params: type[PassParams]
     run: Callable[[PassContext, Any], PassResult]
     queue: Queue = "cpu"
     requires: tuple[str, ...] = ()
     datasets: tuple[str, ...] = ()
+
+    def output_format(self, input_format: str) -> str:
+        """The format this pass makes from ``input_format`` (``produces="same"`` keeps it)."""
+        return input_format if self.produces == "same" else self.produces
 
     @property
     def family(self) -> str:

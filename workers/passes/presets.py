@@ -72,10 +72,19 @@ def _gpu_fp16(model: dict[str, Any]) -> tuple[Steps, str]:
             "float16 weights and compute with float32 inputs/outputs, for GPUs (on CPUs fp16 runs slower)")
 
 
+def _prune_finetune_int8(model: dict[str, Any]) -> tuple[Steps, str]:
+    quantize, why = _cpu_int8(model)
+    steps = [{"pass": "prune.magnitude", "params": {"sparsity": 0.5, "scope": "global"}},
+             {"pass": "train.finetune", "params": {"epochs": 3}}, *quantize]
+    return steps, f"50% magnitude pruning, 3 epochs of fine-tuning that keep the zeros, then int8 ({why})"
+
+
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("cpu-int8", "Int8 for CPUs, chosen per family: dynamic for transformers and MLPs; static QDQ for CNNs "
            "when a calibration dataset is given.", _cpu_int8),
     Preset("cpu-int8-static", "Static int8 QDQ calibrated on the calibration dataset, restricted to what stays "
            "accurate for the model's family.", _cpu_int8_static, datasets=("calibration",)),
     Preset("gpu-fp16", "Float16 for GPUs, inputs and outputs kept float32.", _gpu_fp16),
+    Preset("prune-finetune-int8", "Torch models: 50% magnitude pruning, fine-tuning on the training dataset, "
+           "export, then cpu-int8's quantization.", _prune_finetune_int8, datasets=("training",)),
 )}

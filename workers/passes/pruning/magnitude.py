@@ -1,0 +1,120 @@
+"""``prune.magnitude`` — unstructured L1-magnitude pruning: the smallest weights become exactly zero.
+
+Prunes the weights of convolutions and linear layers (rank ≥ 2; biases and norms are left alone), either
+with one threshold over all of them (``scope: global``, so layers with many small weights lose more) or the
+same share in each layer (``per_layer``). The architecture and format stay: TorchScript and .pt2 programs
+are rewritten in place (``train.finetune`` after it keeps the zeros), ONNX initializers feeding
+Conv/MatMul/Gemm are zeroed (no fine-tuning possible there). Zeros alone change neither latency nor raw
+file size on CPUs; they compress (e.g. gzip) and enable sparse kernels.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from workers.passes.base import PassContext, PassParams, PassResult, PassSpec, register
+
+
+class MagnitudePruneParams(PassParams):
+    sparsity: float = Field(default=0.5, gt=0, lt=1, description="Target share of zero weights.")
+    scope: Literal["global", "per_layer"] = Field(
+        default="global", description="One magnitude threshold over all layers, or the same share per layer."
+    )
+    min_params: int = Field(
+        default=0, ge=0, description="Leave layers with fewer weights than this alone (e.g. the first conv)."
+    )
+
+
+def prune(weights: dict[str, Any], params: MagnitudePruneParams) -> dict[str, Any]:
+    """Masks (True = keep) reaching the target sparsity over the given numpy weights."""
+    import numpy as np
+
+    chosen = {k: w for k, w in weights.items() if w.size >= params.min_params}
+    if not chosen:
+        raise ValueError(f"no layer has at least min_params={params.min_params} weights")
+    if params.scope == "global":
+        magnitudes = np.concatenate([np.abs(w).ravel() for w in chosen.values()])
+        cut = int(round(params.sparsity * magnitudes.size))
+        threshold = np.partition(magnitudes, cut - 1)[cut - 1] if cut else -1.0
+        masks = {k: np.abs(w) > threshold for k, w in chosen.items()}
+        # ties at the threshold: zero exactly as many as needed, in a fixed order
+        excess = sum(int(m.sum()) for m in masks.values()) - (magnitudes.size - cut)
+        for k, w in chosen.items():
+            if excess >= 0:
+                break
+            ties = np.flatnonzero((np.abs(w) == threshold).ravel())[: -excess]
+            masks[k].ravel()[ties] = True
+            excess += len(ties)
+        return masks
+    masks = {}
+    for k, w in chosen.items():
+        cut = int(round(params.sparsity * w.size))
+        order = np.argsort(np.abs(w).ravel(), kind="stable")
+        mask = np.ones(w.size, dtype=bool)
+        mask[order[:cut]] = False
+        masks[k] = mask.reshape(w.shape)
+    return masks
+
+
+def report(weights: dict[str, Any], masks: dict[str, Any]) -> dict[str, Any]:
+    layers = {k: round(1 - float(m.mean()), 4) for k, m in masks.items()}
+    total = sum(w.size for k, w in weights.items() if k in masks)
+    zeros = sum(int((~m).sum()) for m in masks.values())
+    return {"sparsity": round(zeros / total, 4), "pruned_weights": zeros, "weights": total, "layers": layers}
+
+
+def run(ctx: PassContext, params: MagnitudePruneParams) -> PassResult:
+    if ctx.model_format == "onnx":
+        return _run_onnx(ctx, params)
+    import torch
+
+    from workers.passes.torch_models import TorchModel
+
+    model = TorchModel(ctx.model_path, ctx.model_format)
+    tensors = model.weights()
+    masks = prune({k: t.detach().numpy() for k, t in tensors.items()}, params)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            tensors[name].mul_(torch.from_numpy(mask).to(tensors[name].dtype))
+    out = ctx.work_dir / ("model.pt" if ctx.model_format == "torchscript" else "model.pt2")
+    model.save(out)
+    metrics = report({k: t.detach().numpy() for k, t in tensors.items()}, masks)
+    ctx.log(f"pruned {metrics['pruned_weights']} of {metrics['weights']} weights ({metrics['sparsity']:.1%}, "
+            f"{params.scope})")
+    return PassResult(out, ctx.model_format, metrics=metrics)
+
+
+def _run_onnx(ctx: PassContext, params: MagnitudePruneParams) -> PassResult:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(ctx.model_path))
+    inits = {i.name: i for i in model.graph.initializer}
+    names = {n.input[1] for n in model.graph.node
+             if n.op_type in ("Conv", "MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits}
+    weights = {k: numpy_helper.to_array(inits[k]) for k in sorted(names)}
+    weights = {k: w for k, w in weights.items() if w.ndim >= 2 and w.dtype.kind == "f"}
+    masks = prune(weights, params)
+    for name, mask in masks.items():
+        inits[name].CopyFrom(numpy_helper.from_array((weights[name] * mask).astype(weights[name].dtype), name))
+    out = ctx.work_dir / "model.onnx"
+    onnx.save(model, str(out))
+    metrics = report(weights, masks)
+    ctx.log(f"zeroed {metrics['pruned_weights']} of {metrics['weights']} weights in {len(masks)} initializers "
+            f"({metrics['sparsity']:.1%}, {params.scope})")
+    return PassResult(out, "onnx", metrics=metrics)
+
+
+SPEC = register(
+    PassSpec(
+        name="prune.magnitude",
+        description="Unstructured magnitude pruning of conv/linear weights to a target sparsity (same architecture).",
+        accepts=("torchscript", "torch_export", "onnx"),
+        produces="same",
+        params=MagnitudePruneParams,
+        run=run,
+        requires=("torch",),
+    )
+)
