@@ -35,4 +35,5 @@ bench: install-test
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/service_vs_script.py
 	$(PY) benchmarks/upload.py
+	$(PY) benchmarks/digits.py
 	$(PY) benchmarks/minilm.py
