@@ -221,3 +221,25 @@ def tiny_transformer(vocab: int = 100, dim: int = 64, heads: int = 4, layers: in
 
     torch.manual_seed(seed)
     return Encoder().eval(), torch.randint(0, vocab, (2, 16))
+
+
+def residual_mlp(seed: int = 0):
+    """An MLP with two residual blocks: x[batch, 64] → 128 → (128 + block) × 2 → 10."""
+    import torch
+    from torch import nn
+
+    class ResidualMLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp, self.out = nn.Linear(64, 128), nn.Linear(128, 10)
+            self.a1, self.a2, self.b1, self.b2 = nn.Linear(128, 256), nn.Linear(256, 128), nn.Linear(128, 256), \
+                nn.Linear(256, 128)
+
+        def forward(self, x):
+            h = torch.relu(self.inp(x))
+            h = h + self.a2(torch.relu(self.a1(h)))
+            h = h + self.b2(torch.relu(self.b1(h)))
+            return self.out(h)
+
+    torch.manual_seed(seed)
+    return ResidualMLP().eval(), torch.randn(2, 64)

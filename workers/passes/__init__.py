@@ -5,6 +5,7 @@ from workers.passes.export import onnx as _export_onnx
 from workers.passes.lowrank import svd as _svd
 from workers.passes.optimize import onnxruntime as _optimize_ort
 from workers.passes.pruning import magnitude as _magnitude
+from workers.passes.pruning import structured as _structured
 from workers.passes.quantization import dynamic as _dynamic
 from workers.passes.quantization import fp16 as _fp16
 from workers.passes.quantization import static as _static
@@ -12,4 +13,5 @@ from workers.passes.quantization import weight_only as _weight_only
 from workers.passes.training import finetune as _finetune
 
 __all__ = ["REGISTRY", "Cancelled", "PassContext", "PassParams", "PassResult", "PassSpec"]
-_REGISTERED = (_export_onnx, _svd, _optimize_ort, _magnitude, _dynamic, _fp16, _static, _weight_only, _finetune)
+_REGISTERED = (_export_onnx, _svd, _optimize_ort, _magnitude, _structured, _dynamic, _fp16, _static, _weight_only,
+               _finetune)
