@@ -36,6 +36,16 @@ TORCH_CNN = [
     ("train.finetune l1=1e-4, 3 epochs", [{"pass": "train.finetune", "params": {"epochs": 3, "l1": 1e-4}}]),
     ("preset prune-finetune-int8", "prune-finetune-int8"),
 ]
+PT2_CNN = [
+    ("prune.structured 30% + train.finetune 5 epochs", [
+        {"pass": "prune.structured", "params": {"ratio": 0.3}}, {"pass": "train.finetune", "params": {"epochs": 5}}]),
+    ("prune.structured 50% + train.finetune 5 epochs", [
+        {"pass": "prune.structured", "params": {"ratio": 0.5}}, {"pass": "train.finetune", "params": {"epochs": 5}}]),
+    ("export.onnx (unpruned, for comparison)", [{"pass": "export.onnx"}]),
+    ("prune.structured 30% + train.finetune + export.onnx", [
+        {"pass": "prune.structured", "params": {"ratio": 0.3}}, {"pass": "train.finetune", "params": {"epochs": 5}},
+        {"pass": "export.onnx"}]),
+]
 ONNX_MLP = [
     ("quantize.dynamic", [{"pass": "quantize.dynamic"}]),
     ("quantize.weight_only 4-bit", [{"pass": "quantize.weight_only"}]),
@@ -64,6 +74,7 @@ def main() -> None:
             ("digits CNN, ONNX", upload("/v1/models?name=cnn.onnx", factories.onnx_from_torch(*cnn)), ONNX_CNN),
             ("digits CNN, TorchScript", upload(f"/v1/models?name=cnn.pt&inputs={factories.CNN_INPUTS}",
                                                factories.torchscript_bytes(*cnn)), TORCH_CNN),
+            ("digits CNN, torch.export (.pt2)", upload("/v1/models?name=cnn.pt2", factories.pt2_bytes(*cnn)), PT2_CNN),
             ("digits MLP, ONNX", upload("/v1/models?name=mlp.onnx", factories.onnx_from_torch(*mlp)), ONNX_MLP),
         ]
         for title, model_id, recipes in models:
