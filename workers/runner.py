@@ -45,6 +45,7 @@ class JobRun:
         self.model: dict[str, Any] = {}  # the uploaded model's input/output specs and dim defaults
         self.datasets: dict[str, Path] = {}  # local .npz paths by role
         self.evaluation: dict[str, Any] = {}  # the job's metric and accuracy budget
+        self.models: dict[str, tuple[Path, str]] = {}  # other uploaded models the steps name (students)
         self.lost = threading.Event()
         self._stop = threading.Event()
 
@@ -114,6 +115,10 @@ class JobRun:
             source = session.get(Artifact, job.source_artifact_id) if job.source_artifact_id else model
             self.datasets = {role: self.store.path(d.storage_key) for role, dataset_id in job.datasets.items()
                              if (d := session.get(Dataset, dataset_id)) is not None}
+            refs = {getattr(spec.params.model_validate(s["params"]), ref) for s in job.steps
+                    if (spec := REGISTRY.get(s["pass"])) for ref in spec.model_refs}
+            self.models = {m.id: (self.store.path(m.storage_key), m.format) for model_id in refs - {None}
+                           if (m := session.get(Model, model_id)) is not None}
             self.evaluation = dict(job.evaluation)
             self.log(f"attempt {job.attempt} started by {self.owner}")
             return dict(job.target), source.storage_key, source.format
@@ -195,7 +200,7 @@ class JobRun:
 
         ctx = PassContext(model_path=path, model_format=fmt, work_dir=step_dir, target=target,
                           inputs=self.model["inputs"], outputs=self.model["outputs"],
-                          dim_defaults=self.model["dim_defaults"], datasets=self.datasets,
+                          dim_defaults=self.model["dim_defaults"], datasets=self.datasets, models=self.models,
                           progress=progress, is_cancelled=self.cancelled,
                           log=lambda message: self.log(f"step {index}: {message}"))
         result = spec.run(ctx, params)

@@ -8,6 +8,7 @@ else that does not chain is refused with 422 naming ``steps[i]``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -39,7 +40,8 @@ def plan(session: Session, tenant: str, payload: JobCreate) -> dict[str, Any]:
     datasets = _check_datasets(session, tenant, payload.datasets, model, errors)
     _check_target(payload, model, errors)
     requested, preset_reason = _requested_steps(payload, model, errors)
-    steps, queue = _resolve_steps(requested, source_format, payload, errors)
+    steps, queue = _resolve_steps(requested, source_format, payload, errors,
+                                  lambda model_id: models.get(session, tenant, model_id), model)
     if errors:
         raise ValidationFailed(errors)
     for step in steps:
@@ -123,8 +125,8 @@ def _requested_steps(payload: JobCreate, model: Model, errors: list[dict[str, An
     return steps, f"preset {preset.name}: {why}"
 
 
-def _resolve_steps(requested: list[dict], source_format: str, payload: JobCreate,
-                   errors: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+def _resolve_steps(requested: list[dict], source_format: str, payload: JobCreate, errors: list[dict[str, Any]],
+                   lookup: Callable[[str], Model | None], source: Model) -> tuple[list[dict[str, Any]], str]:
     steps: list[dict[str, Any]] = []
     current = source_format
     queue = "gpu" if payload.target.device == "cuda" else "cpu"
@@ -140,10 +142,19 @@ def _resolve_steps(requested: list[dict], source_format: str, payload: JobCreate
                                inserted=True))
             current = "onnx"
         try:
-            params = spec.params.model_validate(step["params"]).model_dump(mode="json")
+            validated = spec.params.model_validate(step["params"])
+            params = validated.model_dump(mode="json")
         except ValidationError as exc:
             errors.extend({"loc": ["steps", i, "params", *e["loc"]], "msg": e["msg"]} for e in exc.errors())
-            params = step["params"]
+            validated, params = None, step["params"]
+        if validated is not None and current in spec.accepts:
+            if spec.check and (problem := spec.check(validated, current)):
+                errors.append({"loc": ["steps", i, "params"], "msg": problem})
+            for ref in spec.model_refs:
+                if (model_id := getattr(validated, ref)) is not None:
+                    problem = _referenced_model_problem(lookup(model_id), model_id, current, source)
+                    if problem:
+                        errors.append({"loc": ["steps", i, "params", ref], "msg": problem})
         if reason := spec.unavailable_reason():
             errors.append({"loc": ["steps", i, "pass"], "msg": f"{spec.name} cannot run here: {reason}"})
         if current not in spec.accepts:
@@ -157,6 +168,24 @@ def _resolve_steps(requested: list[dict], source_format: str, payload: JobCreate
             queue = "gpu"
         steps.append(_step(len(steps), spec, params, current, None))
     return steps, queue
+
+
+def _referenced_model_problem(other: Model | None, model_id: str, current: str, source: Model) -> str | None:
+    """Why a model named in a pass's parameters cannot stand in for the job's model (None when it can)."""
+    if other is None:
+        return f"model {model_id} not found"
+    if other.format != current:
+        return f"model {model_id} is {other.format}; it must have the format of the model at this step ({current})"
+    if [(s["name"], s["dtype"]) for s in other.inputs] != [(s["name"], s["dtype"]) for s in source.inputs]:
+        return f"model {model_id} takes other inputs than the job's model"
+
+    def tail(specs):
+        return [[d if isinstance(d, int) else None for d in s["shape"][1:]] for s in specs]
+
+    if tail(other.outputs) != tail(source.outputs):
+        return (f"model {model_id} outputs {[s['shape'] for s in other.outputs]}, the job's model "
+                f"{[s['shape'] for s in source.outputs]}: the shapes must match")
+    return None
 
 
 def _step(index: int, spec, params: dict[str, Any], produces: str, reason: str | None,

@@ -38,7 +38,8 @@ class PassContext:
 
     ``inputs``/``outputs`` are the model's tensor specs (``{"name", "dtype", "shape"}``, a string in a shape
     names a dynamic dimension); ``dim_defaults`` gives a size for dynamic dimensions other than the batch;
-    ``datasets`` maps roles (``calibration``, ``training``, …) to ``.npz`` files.
+    ``datasets`` maps roles (``calibration``, ``training``, …) to ``.npz`` files; ``models`` maps the ids of
+    other uploaded models that the pass's parameters name (``model_refs``) to their file and format.
     """
 
     model_path: Path
@@ -48,6 +49,7 @@ class PassContext:
     outputs: list[dict[str, Any]] = field(default_factory=list)
     dim_defaults: dict[str, int] = field(default_factory=dict)
     datasets: dict[str, Path] = field(default_factory=dict)
+    models: dict[str, tuple[Path, str]] = field(default_factory=dict)
     device: str = "cpu"
     target: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[float], None] = lambda fraction: None
@@ -80,6 +82,11 @@ class PassSpec:
     queue: Queue = "cpu"
     requires: tuple[str, ...] = ()
     datasets: tuple[str, ...] = ()
+    # Parameters holding the id of another uploaded model; the API checks it exists for the tenant, has the
+    # job model's format and its input and output shapes, and the runner hands it over in ``ctx.models``.
+    model_refs: tuple[str, ...] = ()
+    # What the parameters and the model's format cannot do together, said at submission (None when fine).
+    check: Callable[[Any, str], str | None] | None = None
 
     def output_format(self, input_format: str) -> str:
         """The format this pass makes from ``input_format`` (``produces="same"`` keeps it)."""

@@ -79,6 +79,12 @@ def _prune_finetune_int8(model: dict[str, Any]) -> tuple[Steps, str]:
     return steps, f"50% magnitude pruning, 3 epochs of fine-tuning that keep the zeros, then int8 ({why})"
 
 
+def _distill_int8(model: dict[str, Any]) -> tuple[Steps, str]:
+    quantize, why = _cpu_int8(model)
+    steps = [{"pass": "distill.kd", "params": {"width_ratio": 0.5, "epochs": 10}}, *quantize]
+    return steps, f"a student with half the teacher's channels, distilled for 10 epochs, then int8 ({why})"
+
+
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("cpu-int8", "Int8 for CPUs, chosen per family: dynamic for transformers and MLPs; static QDQ for CNNs "
            "when a calibration dataset is given.", _cpu_int8),
@@ -87,4 +93,6 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("gpu-fp16", "Float16 for GPUs, inputs and outputs kept float32.", _gpu_fp16),
     Preset("prune-finetune-int8", "Torch models: 50% magnitude pruning, fine-tuning on the training dataset, "
            "export, then cpu-int8's quantization.", _prune_finetune_int8, datasets=("training",)),
+    Preset("distill-int8", ".pt2 models: a half-width student derived from the model, distilled on the training "
+           "dataset, exported, then cpu-int8's quantization.", _distill_int8, datasets=("training",)),
 )}

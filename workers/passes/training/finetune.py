@@ -15,43 +15,27 @@ ONNX models cannot be trained: upload the network as TorchScript or a .pt2 progr
 
 from __future__ import annotations
 
-import time
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
-from workers.passes.base import PassContext, PassParams, PassResult, PassSpec, register
+from workers.passes.base import PassContext, PassResult, PassSpec, register
+from workers.passes.training.loop import TrainingParams
 
 
-class FinetuneParams(PassParams):
-    epochs: int = Field(default=3, ge=1, le=1000, description="Passes over the training data.")
-    learning_rate: float = Field(default=1e-3, gt=0, le=1, description="Optimizer step size.")
-    batch_size: int = Field(default=64, ge=1, le=65536, description="Samples per step.")
-    optimizer: Literal["adam", "sgd"] = Field(default="adam", description="Adam, or SGD with momentum 0.9.")
-    weight_decay: float = Field(default=0.0, ge=0, le=1, description="L2 weight decay of the optimizer.")
+class FinetuneParams(TrainingParams):
     l1: float = Field(default=0.0, ge=0, le=1, description="λ in L = L₀ + λ‖w‖₁ over conv/linear weights.")
-    time_budget_s: float | None = Field(default=None, gt=0, description="Stop after this many seconds.")
-    patience: int = Field(default=2, ge=1, description="Epochs without validation improvement before stopping.")
-    seed: int = Field(default=0, description="Seed for shuffling and initialisation, for repeatable runs.")
-
-
-def _outputs(result: Any) -> Any:
-    return result if not isinstance(result, (tuple, list)) else result[0]
 
 
 def run(ctx: PassContext, params: FinetuneParams) -> PassResult:
-    import numpy as np
     import torch
 
     from workers.evaluation import load_dataset
     from workers.passes.torch_models import TorchModel
+    from workers.passes.training.loop import fit, predict
 
     torch.manual_seed(params.seed)
     model = TorchModel(ctx.model_path, ctx.model_format)
-    module = model.module
-    trainable = list(module.parameters())
-    for p in trainable:
-        p.requires_grad_(True)
     weights = model.weights()
     masks = {name: w != 0 for name, w in weights.items() if bool((w == 0).any())}
     names = [s["name"] for s in ctx.inputs]
@@ -60,85 +44,36 @@ def run(ctx: PassContext, params: FinetuneParams) -> PassResult:
     # Without labels, the targets are the original model's outputs (a frozen copy of it).
     needs_teacher = labels is None or (validation is not None and validation[1] is None)
     teacher = TorchModel(ctx.model_path, ctx.model_format).module if needs_teacher else None
-
-    def predict(net, feeds) -> Any:
-        with torch.no_grad():
-            return torch.cat([_outputs(net(*(torch.from_numpy(feeds[n][i:i + 256]) for n in names)))
-                              for i in range(0, len(feeds[names[0]]), 256)]).numpy()
-
     if labels is None:
-        labels = predict(teacher, arrays)
-    classify = labels.dtype.kind in "iu"
-    criterion = torch.nn.CrossEntropyLoss() if classify else torch.nn.MSELoss()
-    optimizer = (torch.optim.Adam(trainable, lr=params.learning_rate, weight_decay=params.weight_decay)
-                 if params.optimizer == "adam" else
-                 torch.optim.SGD(trainable, lr=params.learning_rate, momentum=0.9, weight_decay=params.weight_decay))
+        labels = predict(teacher, names, arrays)
+    criterion = torch.nn.CrossEntropyLoss() if labels.dtype.kind in "iu" else torch.nn.MSELoss()
 
-    def score(data) -> float:
-        """Validation: accuracy for class ids, else negative MSE (to labels or the original's outputs)."""
-        feeds, target = data
-        out = predict(module, feeds)
-        target = predict(teacher, feeds) if target is None else target
+    def loss_fn(out: Any, targets: list[Any]) -> Any:
+        loss = criterion(out, targets[0])
+        return loss + params.l1 * sum(w.abs().sum() for w in weights.values()) if params.l1 else loss
+
+    def keep_zeros() -> None:
+        with torch.no_grad():
+            for name, mask in masks.items():
+                weights[name].mul_(mask)
+
+    def score() -> float:
+        """Accuracy for class ids, else negative MSE (to labels or the original's outputs)."""
+        feeds, target = validation
+        out = predict(model.module, names, feeds)
+        target = predict(teacher, names, feeds) if target is None else target
         if target.dtype.kind in "iu":
             return float((out.argmax(1) == target).mean())
         return -float(((out - target) ** 2).mean())
-    samples = len(labels)
-    rng = np.random.default_rng(params.seed)
-    started, losses, scores = time.monotonic(), [], []
-    best = (-float("inf"), None, 0)
-    stopped = "all epochs done"
-    if ctx.model_format == "torchscript":
-        module.train()
-    for epoch in range(params.epochs):
-        order = rng.permutation(samples)
-        total = 0.0
-        for start in range(0, samples, params.batch_size):
-            ctx.check_cancelled()
-            batch = order[start:start + params.batch_size]
-            out = _outputs(module(*(torch.from_numpy(arrays[n][batch]) for n in names)))
-            loss = criterion(out, torch.from_numpy(labels[batch]))
-            if params.l1:
-                loss = loss + params.l1 * sum(w.abs().sum() for w in weights.values())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                for name, mask in masks.items():
-                    weights[name].mul_(mask)
-            total += float(loss) * len(batch)
-            ctx.progress((epoch + (start + len(batch)) / samples) / params.epochs)
-        losses.append(round(total / samples, 6))
-        message = f"epoch {epoch + 1}/{params.epochs}: loss {losses[-1]:.4f}"
-        if validation is not None:
-            if ctx.model_format == "torchscript":
-                module.eval()
-            scores.append(round(score(validation), 6))
-            message += f", validation {scores[-1]:.4f}"
-            if scores[-1] > best[0]:
-                best = (scores[-1], [p.detach().clone() for p in trainable], epoch + 1)
-            if ctx.model_format == "torchscript":
-                module.train()
-        ctx.log(message)
-        if validation is not None and epoch + 1 - best[2] >= params.patience:
-            stopped = f"no validation improvement for {params.patience} epoch(s)"
-            break
-        if params.time_budget_s and time.monotonic() - started > params.time_budget_s:
-            stopped = f"time budget of {params.time_budget_s} s reached"
-            break
-    if best[1] is not None:
-        with torch.no_grad():
-            for p, saved in zip(trainable, best[1], strict=True):
-                p.copy_(saved)
-    if ctx.model_format == "torchscript":
-        module.eval()
+
+    metrics = fit(ctx, model.module, names, arrays, [labels], loss_fn, params,
+                  train_mode=ctx.model_format == "torchscript", score=score if validation else None,
+                  after_step=keep_zeros if masks else None)
     out = ctx.work_dir / ("model.pt" if ctx.model_format == "torchscript" else "model.pt2")
     model.save(out)
     zeros = sum(int((w == 0).sum()) for w in weights.values())
-    size = sum(w.numel() for w in weights.values())
-    ctx.log(f"stopped: {stopped}" + (f"; best epoch {best[2]}" if best[1] is not None else ""))
-    return PassResult(out, ctx.model_format, metrics={
-        "epochs_run": len(losses), "losses": losses, "validation": scores or None,
-        "best_epoch": best[2] or None, "stopped": stopped, "sparsity": round(zeros / max(size, 1), 4)})
+    metrics["sparsity"] = round(zeros / max(sum(w.numel() for w in weights.values()), 1), 4)
+    return PassResult(out, ctx.model_format, metrics=metrics)
 
 
 SPEC = register(

@@ -1,0 +1,140 @@
+"""``distill.kd`` — knowledge distillation: train a smaller student to imitate the job's model (the teacher).
+
+The student is either another uploaded model (``student_model_id``: same format as the teacher, same inputs
+and output shapes, checked at submission) or derived from a ``.pt2`` teacher by structured pruning to
+``width_ratio`` of its channels and neurons, initialised from the teacher's strongest ones — so derivation
+handles what ``prune.structured`` handles (convolutions, linear layers, residual-coupled groups, transformer
+feed-forward neurons). Depth derivation (keeping every k-th block of a repeated stack) is not built.
+
+Loss, with teacher logits z_t and student logits z_s:
+α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + (1−α)·CE(labels) when the ``training`` dataset has integer labels,
+the KL term alone when it has none. The teacher runs once over the training data (frozen, no gradients).
+Early stopping and the kept checkpoint use ``validation`` only (accuracy with labels, agreement with the
+teacher's top-1 without); the loss and score of every epoch are logged. The output is the student in the
+teacher's format, which ``export.onnx`` and the quantization passes can take next.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from workers.passes.base import PassContext, PassResult, PassSpec, register
+from workers.passes.training.loop import TrainingParams
+
+
+class DistillParams(TrainingParams):
+    student_model_id: str | None = Field(default=None, description="An uploaded student model (its id).")
+    width_ratio: float | None = Field(
+        default=None, gt=0, lt=1, description="Derive the student from a .pt2 teacher, keeping this share of "
+        "its channels and neurons (structured pruning)."
+    )
+    temperature: float = Field(default=4.0, gt=0, le=100, description="T: softens both distributions.")
+    alpha: float = Field(default=0.7, ge=0, le=1, description="Weight of the distillation term; 1 − α goes "
+                         "to cross-entropy with the labels (α=0: labels only).")
+    epochs: int = Field(default=10, ge=1, le=1000, description="Passes over the training data.")
+    patience: int = Field(default=3, ge=1, description="Epochs without validation improvement before stopping.")
+
+    @model_validator(mode="after")
+    def _one_student(self) -> DistillParams:
+        if (self.student_model_id is None) == (self.width_ratio is None):
+            raise ValueError("give exactly one of student_model_id or width_ratio")
+        return self
+
+
+def check(params: DistillParams, source_format: str) -> str | None:
+    if params.width_ratio is not None and source_format != "torch_export":
+        return (f"deriving a student (width_ratio) needs the teacher as a torch.export program (.pt2); this one "
+                f"is {source_format}: upload a .pt2, or give an uploaded student_model_id")
+    return None
+
+
+def derive_student(ctx: PassContext, ratio: float) -> Any:
+    """A narrower copy of the .pt2 teacher: structured pruning keeping ``ratio`` of the channels."""
+    import torch
+
+    from workers.passes.pruning.structured import StructuredPruneParams, prune
+
+    student = torch.export.load(str(ctx.model_path)).module()
+    report = prune(student, StructuredPruneParams(ratio=1 - ratio, round_to=8, min_channels=8))
+    if not report["groups"]:
+        raise ValueError("the teacher has no channel group that structured pruning can narrow: "
+                         + "; ".join(f"{', '.join(g['layers'])}: {g['reason']}" for g in report["left_alone"]))
+    ctx.log("student derived: " + ", ".join(f"{'+'.join(g['layers'])} {g['channels']}→{g['kept']}"
+                                            for g in report["groups"]))
+    return student
+
+
+def run(ctx: PassContext, params: DistillParams) -> PassResult:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from workers.evaluation import generate_inputs, load_dataset
+    from workers.passes.torch_models import TorchModel
+    from workers.passes.training.loop import fit, predict
+
+    torch.manual_seed(params.seed)
+    teacher = TorchModel(ctx.model_path, ctx.model_format).module
+    if params.student_model_id is not None:
+        student_model = TorchModel(*ctx.models[params.student_model_id])
+        student = student_model.module
+    else:
+        student_model, student = None, derive_student(ctx, params.width_ratio)
+    names = [s["name"] for s in ctx.inputs]
+    arrays, labels = load_dataset(ctx.datasets["training"])
+    soft = predict(teacher, names, arrays)
+    hard = labels if labels is not None and labels.dtype.kind in "iu" else None
+    temperature, alpha = params.temperature, params.alpha if hard is not None else 1.0
+
+    def loss_fn(out: Any, targets: list[Any]) -> Any:
+        kd = F.kl_div(F.log_softmax(out / temperature, dim=1), F.softmax(targets[0] / temperature, dim=1),
+                      reduction="batchmean") * temperature**2
+        if hard is None or alpha == 1.0:
+            return kd
+        return alpha * kd + (1 - alpha) * F.cross_entropy(out, targets[1])
+
+    validation = load_dataset(ctx.datasets["validation"]) if "validation" in ctx.datasets else None
+
+    def score() -> float:
+        feeds, target = validation
+        predicted = predict(student, names, feeds).argmax(1)
+        reference = target if target is not None else predict(teacher, names, feeds).argmax(1)
+        return float(np.mean(predicted == reference))
+
+    metrics = fit(ctx, student, names, arrays, [soft, hard], loss_fn, params,
+                  train_mode=ctx.model_format == "torchscript" and student_model is not None,
+                  score=score if validation else None)
+    out = ctx.work_dir / ("model.pt" if ctx.model_format == "torchscript" else "model.pt2")
+    if student_model is not None:
+        student_model.save(out)
+    else:
+        example = tuple(torch.from_numpy(v) for v in generate_inputs(
+            ctx.inputs, 2, ctx.target.get("inputs", {}), dim_defaults=ctx.dim_defaults).values())
+        dynamic = tuple({i: torch.export.Dim.AUTO for i, d in enumerate(s["shape"]) if isinstance(d, str)}
+                        for s in ctx.inputs)
+        torch.export.save(torch.export.export(student, example, dynamic_shapes=dynamic), str(out))
+    teacher_params = sum(p.numel() for p in teacher.parameters())
+    student_params = sum(p.numel() for p in student.parameters())
+    ctx.log(f"student: {student_params} parameters ({student_params / teacher_params:.1%} of the teacher's)")
+    return PassResult(out, ctx.model_format, metrics={
+        **metrics, "teacher_parameters": teacher_params, "student_parameters": student_params,
+        "alpha": alpha, "temperature": temperature})
+
+
+SPEC = register(
+    PassSpec(
+        name="distill.kd",
+        description="Knowledge distillation into a smaller student (uploaded, or derived from a .pt2 teacher by "
+                    "width); soft targets at temperature T plus cross-entropy with labels.",
+        accepts=("torchscript", "torch_export"),
+        produces="same",
+        params=DistillParams,
+        run=run,
+        requires=("torch",),
+        datasets=("training",),
+        model_refs=("student_model_id",),
+        check=check,
+    )
+)
