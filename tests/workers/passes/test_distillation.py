@@ -94,3 +94,14 @@ def test_distill_int8_preset(client, teacher, digits_sets):
     job = run_job(client, payload)
     assert job["metrics"]["result"]["accuracy"] >= job["metrics"]["original"]["accuracy"] - 0.03
     assert job["metrics"]["result"]["size_bytes"] < 0.1 * job["metrics"]["original"]["size_bytes"]
+
+
+def test_feature_matching_through_a_learned_projection(client, teacher, digits_sets):
+    job = run_job(client, {"model_id": upload_model(client, factories.pt2_bytes(*teacher)), "datasets": digits_sets,
+                           "steps": [{"pass": "distill.kd", "params": {"width_ratio": 0.4, "epochs": 12, "patience": 4,
+                                                                       "seed": 3, "feature_weight": 0.1}}]})
+    logs = client.get(f"/v1/jobs/{job['id']}/logs").text
+    assert "matching features of linear to the teacher's linear through a learned Linear" in logs
+    assert job["metrics"]["result"]["accuracy"] >= job["metrics"]["original"]["accuracy"] - 0.03
+    losses = job["steps"][0]["metrics"]["losses"]
+    assert losses[-1] < losses[0]

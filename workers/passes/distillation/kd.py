@@ -12,6 +12,11 @@ the KL term alone when it has none. The teacher runs once over the training data
 Early stopping and the kept checkpoint use ``validation`` only (accuracy with labels, agreement with the
 teacher's top-1 without); the loss and score of every epoch are logged. The output is the student in the
 teacher's format, which ``export.onnx`` and the quantization passes can take next.
+
+Feature matching (``feature_weight`` β > 0, .pt2 teacher and student): β·MSE(P(f_s), f_t) is added, where f
+is the output of each model's last hidden convolution or linear layer (the one before the final layer) and
+P a learned 1×1 convolution or linear projection from the student's width to the teacher's (used only for
+training, not saved).
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ class DistillParams(TrainingParams):
                          "to cross-entropy with the labels (α=0: labels only).")
     epochs: int = Field(default=10, ge=1, le=1000, description="Passes over the training data.")
     patience: int = Field(default=3, ge=1, description="Epochs without validation improvement before stopping.")
+    feature_weight: float = Field(
+        default=0.0, ge=0, le=100, description="β: weight of matching the last hidden layer's features "
+        "(through a learned projection); .pt2 teacher and student only."
+    )
 
     @model_validator(mode="after")
     def _one_student(self) -> DistillParams:
@@ -44,6 +53,8 @@ class DistillParams(TrainingParams):
 
 
 def check(params: DistillParams, source_format: str) -> str | None:
+    if params.feature_weight and source_format != "torch_export":
+        return f"feature matching needs .pt2 models (their graphs expose intermediate layers); this is {source_format}"
     if params.width_ratio is not None and source_format != "torch_export":
         return (f"deriving a student (width_ratio) needs the teacher as a torch.export program (.pt2); this one "
                 f"is {source_format}: upload a .pt2, or give an uploaded student_model_id")
@@ -64,6 +75,52 @@ def derive_student(ctx: PassContext, ratio: float) -> Any:
     ctx.log("student derived: " + ", ".join(f"{'+'.join(g['layers'])} {g['channels']}→{g['kept']}"
                                             for g in report["groups"]))
     return student
+
+
+def hidden_feature(gm: Any) -> str:
+    """Name of the last convolution or linear node before the final one: the features matched."""
+    producers = [n.name for n in gm.graph.nodes if n.op == "call_function"
+                 and str(n.target).split(".")[1:2] in (["conv2d"], ["linear"])]
+    if len(producers) < 2:
+        raise ValueError("feature matching needs a hidden convolution or linear layer before the last one")
+    return producers[-2]
+
+
+class FeatureRun:
+    """Run a graph module and also return one intermediate node's output (autograd flows through both)."""
+
+    def __init__(self, gm: Any, node_name: str) -> None:
+        import torch.fx
+
+        self.gm, self.node_name = gm, node_name
+        outer = self
+
+        class Capture(torch.fx.Interpreter):
+            def run_node(self, n):
+                value = super().run_node(n)
+                if n.name == outer.node_name:
+                    outer.captured = value
+                return value
+
+        self.interpreter = Capture(gm)
+        self.captured = None
+
+    def __call__(self, inputs: tuple) -> tuple[Any, Any]:
+        from workers.passes.training.loop import first_output
+
+        out = first_output(self.interpreter.run(*inputs))
+        return out, self.captured
+
+
+def projection(student_feature: Any, teacher_feature: Any) -> Any:
+    import torch
+
+    if student_feature.dim() == 4 and student_feature.shape[2:] == teacher_feature.shape[2:]:
+        return torch.nn.Conv2d(student_feature.shape[1], teacher_feature.shape[1], 1)
+    if student_feature.dim() == 2:
+        return torch.nn.Linear(student_feature.shape[1], teacher_feature.shape[1])
+    raise ValueError(f"cannot project features of shape {tuple(student_feature.shape)} onto "
+                     f"{tuple(teacher_feature.shape)}")
 
 
 def run(ctx: PassContext, params: DistillParams) -> PassResult:
@@ -88,12 +145,31 @@ def run(ctx: PassContext, params: DistillParams) -> PassResult:
     hard = labels if labels is not None and labels.dtype.kind in "iu" else None
     temperature, alpha = params.temperature, params.alpha if hard is not None else 1.0
 
+    forward, extra, features = None, [], None
+    if params.feature_weight:
+        teacher_run = FeatureRun(teacher, hidden_feature(teacher))
+        student_run = FeatureRun(student, hidden_feature(student))
+        features = np.concatenate([teacher_run(tuple(torch.from_numpy(arrays[n][i:i + 256]) for n in names))[1]
+                                   .detach().numpy() for i in range(0, len(arrays[names[0]]), 256)])
+        probe = tuple(torch.from_numpy(arrays[n][:2]) for n in names)
+        project = projection(student_run(probe)[1], torch.from_numpy(features[:2]))
+        extra = list(project.parameters())
+
+        def forward(inputs: tuple) -> Any:
+            out, feature = student_run(inputs)
+            return out, project(feature)
+
+        ctx.log(f"matching features of {student_run.node_name} to the teacher's {teacher_run.node_name} "
+                f"through a learned {type(project).__name__}")
+
     def loss_fn(out: Any, targets: list[Any]) -> Any:
+        out, projected = out if isinstance(out, tuple) else (out, None)
         kd = F.kl_div(F.log_softmax(out / temperature, dim=1), F.softmax(targets[0] / temperature, dim=1),
                       reduction="batchmean") * temperature**2
-        if hard is None or alpha == 1.0:
-            return kd
-        return alpha * kd + (1 - alpha) * F.cross_entropy(out, targets[1])
+        loss = kd if hard is None or alpha == 1.0 else alpha * kd + (1 - alpha) * F.cross_entropy(out, targets[1])
+        if projected is not None:
+            loss = loss + params.feature_weight * F.mse_loss(projected, targets[2])
+        return loss
 
     validation = load_dataset(ctx.datasets["validation"]) if "validation" in ctx.datasets else None
 
@@ -103,9 +179,9 @@ def run(ctx: PassContext, params: DistillParams) -> PassResult:
         reference = target if target is not None else predict(teacher, names, feeds).argmax(1)
         return float(np.mean(predicted == reference))
 
-    metrics = fit(ctx, student, names, arrays, [soft, hard], loss_fn, params,
+    metrics = fit(ctx, student, names, arrays, [soft, hard, features], loss_fn, params,
                   train_mode=ctx.model_format == "torchscript" and student_model is not None,
-                  score=score if validation else None)
+                  score=score if validation else None, forward=forward, extra=extra)
     out = ctx.work_dir / ("model.pt" if ctx.model_format == "torchscript" else "model.pt2")
     if student_model is not None:
         student_model.save(out)

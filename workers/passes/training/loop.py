@@ -42,17 +42,23 @@ def predict(module: Any, names: list[str], feeds: dict[str, Any], batch: int = 2
 
 def fit(ctx: PassContext, module: Any, names: list[str], arrays: dict[str, Any], targets: list[Any],
         loss_fn: Callable[[Any, list[Any]], Any], params: TrainingParams, *, train_mode: bool,
-        score: Callable[[], float] | None = None, after_step: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Train ``module`` in place on ``arrays`` (inputs by name) against per-sample ``targets``."""
+        score: Callable[[], float] | None = None, after_step: Callable[[], None] | None = None,
+        forward: Callable[[tuple], Any] | None = None, extra: list[Any] = ()) -> dict[str, Any]:
+    """Train ``module`` in place on ``arrays`` (inputs by name) against per-sample ``targets``.
+
+    ``forward`` replaces ``module(*inputs)`` (e.g. to also return intermediate features for the loss);
+    ``extra`` parameters (e.g. a projection) are optimized too but are not part of the saved model."""
     import numpy as np
     import torch
 
     trainable = list(module.parameters())
     for p in trainable:
         p.requires_grad_(True)
-    optimizer = (torch.optim.Adam(trainable, lr=params.learning_rate, weight_decay=params.weight_decay)
+    optimized = trainable + list(extra)
+    optimizer = (torch.optim.Adam(optimized, lr=params.learning_rate, weight_decay=params.weight_decay)
                  if params.optimizer == "adam" else
-                 torch.optim.SGD(trainable, lr=params.learning_rate, momentum=0.9, weight_decay=params.weight_decay))
+                 torch.optim.SGD(optimized, lr=params.learning_rate, momentum=0.9, weight_decay=params.weight_decay))
+    forward = forward or (lambda inputs: first_output(module(*inputs)))
     samples = len(arrays[names[0]])
     rng = np.random.default_rng(params.seed)
     started, losses, scores = time.monotonic(), [], []
@@ -66,7 +72,7 @@ def fit(ctx: PassContext, module: Any, names: list[str], arrays: dict[str, Any],
         for start in range(0, samples, params.batch_size):
             ctx.check_cancelled()
             batch = order[start:start + params.batch_size]
-            out = first_output(module(*(torch.from_numpy(arrays[n][batch]) for n in names)))
+            out = forward(tuple(torch.from_numpy(arrays[n][batch]) for n in names))
             loss = loss_fn(out, [None if t is None else torch.from_numpy(t[batch]) for t in targets])
             optimizer.zero_grad()
             loss.backward()
