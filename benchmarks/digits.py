@@ -41,6 +41,13 @@ PT2_CNN = [
         {"pass": "prune.structured", "params": {"ratio": 0.3}}, {"pass": "train.finetune", "params": {"epochs": 5}}]),
     ("prune.structured 50% + train.finetune 5 epochs", [
         {"pass": "prune.structured", "params": {"ratio": 0.5}}, {"pass": "train.finetune", "params": {"epochs": 5}}]),
+    ("distill.kd width 0.4, α 0.7, T 4, 12 epochs", [{"pass": "distill.kd", "params": {
+        "width_ratio": 0.4, "epochs": 12, "patience": 4, "seed": 3}}]),
+    ("same student, labels only (α 0)", [{"pass": "distill.kd", "params": {
+        "width_ratio": 0.4, "alpha": 0.0, "epochs": 12, "patience": 4, "seed": 3}}]),
+    ("distill.kd + feature matching β 0.1", [{"pass": "distill.kd", "params": {
+        "width_ratio": 0.4, "epochs": 12, "patience": 4, "seed": 3, "feature_weight": 0.1}}]),
+    ("preset distill-int8", "distill-int8"),
     ("export.onnx (unpruned, for comparison)", [{"pass": "export.onnx"}]),
     ("prune.structured 30% + train.finetune + export.onnx", [
         {"pass": "prune.structured", "params": {"ratio": 0.3}}, {"pass": "train.finetune", "params": {"epochs": 5}},
