@@ -80,7 +80,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    argv = _worker_argv(args.queues, args.concurrency)
+    from app.core.settings import get_settings
+    from workers.heartbeat import gpus
+
+    has_gpu = bool(gpus())
+    queues = args.queues or ("cpu,gpu" if has_gpu else "cpu")
+    if "gpu" in queues.split(",") and not has_gpu and not get_settings().fake_gpu_queue:
+        sys.exit("refusing to serve the gpu queue: no GPU is visible here (nvidia-smi lists none)")
+    argv = _worker_argv(queues, args.concurrency)
     os.execv(argv[0], argv)
 
 
@@ -105,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, default=8000)
         p.set_defaults(func=func)
     p = sub.add_parser("worker", help="a Celery worker for the given queues")
-    p.add_argument("--queues", default="cpu", help="comma-separated: cpu, gpu")
+    p.add_argument("--queues", default=None, help="comma-separated: cpu, gpu (default: cpu, plus gpu when a GPU "
+                   "is visible)")
     p.add_argument("--concurrency", type=int, default=1, help="jobs at once (one per GPU on gpu workers)")
     p.set_defaults(func=cmd_worker)
     db = sub.add_parser("db", help="database")

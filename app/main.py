@@ -11,6 +11,7 @@ from app.health.endpoints import router as health_router
 from app.jobs.endpoints import router as jobs_router
 from app.mlmodels.endpoints import router as models_router
 from app.passes.endpoints import router as passes_router
+from app.worker_registry.endpoints import router as workers_router
 
 
 def create_app() -> FastAPI:
@@ -18,6 +19,7 @@ def create_app() -> FastAPI:
                   description="Compress and accelerate neural networks: upload a model, post a job, "
                               "download optimized artifacts with a report.")
     install_handlers(app)
-    for router in (models_router, datasets_router, jobs_router, artifacts_router, passes_router, health_router):
+    for router in (models_router, datasets_router, jobs_router, artifacts_router, passes_router, workers_router,
+                   health_router):
         app.include_router(router)
     return app

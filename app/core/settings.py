@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     )
     archive_max_ratio: float = Field(default=200.0, gt=1, description="Largest compression ratio of a zip entry.")
     inspect_timeout_s: int = Field(default=120, gt=0, description="Time limit for inspecting one upload.")
+    heartbeat_s: int = Field(default=10, ge=1, description="How often workers report; 3 missed beats = gone.")
+    fake_gpu_queue: bool = Field(
+        default=False, description="Tests only: let a worker without a GPU serve the gpu queue."
+    )
     bench_threads: int = Field(default=2, ge=1, description="Intra-op threads used when measuring latency.")
     bench_iterations: int = Field(default=50, ge=5, description="Timed runs per batch size when measuring.")
 

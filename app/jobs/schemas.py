@@ -144,6 +144,7 @@ class JobPlan(BaseModel):
     preset: str | None
     steps: list[StepPlan]
     queue: str
+    waiting_reason: str | None
     datasets: dict[str, DatasetUse]
     target: dict[str, Any]
     evaluation: dict[str, Any]

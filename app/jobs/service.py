@@ -26,6 +26,7 @@ from app.jobs import repository
 from app.jobs.schemas import JobCreate
 from app.mlmodels import repository as models
 from app.models import Job, JobLog, Model
+from app.worker_registry import service as worker_registry
 from workers.passes import REGISTRY
 from workers.passes.presets import PRESETS
 
@@ -40,8 +41,10 @@ def plan(session: Session, tenant: str, payload: JobCreate) -> dict[str, Any]:
     datasets = _check_datasets(session, tenant, payload.datasets, model, errors)
     _check_target(payload, model, errors)
     requested, preset_reason = _requested_steps(payload, model, errors)
+    live = worker_registry.live(session)
     steps, queue = _resolve_steps(requested, source_format, payload, errors,
-                                  lambda model_id: models.get(session, tenant, model_id), model)
+                                  lambda model_id: models.get(session, tenant, model_id), model,
+                                  lambda name: worker_registry.pass_unavailable(name, live))
     if errors:
         raise ValidationFailed(errors)
     for step in steps:
@@ -49,6 +52,7 @@ def plan(session: Session, tenant: str, payload: JobCreate) -> dict[str, Any]:
             step["reason"] = preset_reason
     return {"model_id": model.id, "artifact_id": payload.artifact_id, "source_format": source_format,
             "preset": payload.preset, "steps": steps, "queue": queue, "datasets": datasets,
+            "waiting_reason": worker_registry.waiting_reason(queue, live),
             "target": payload.target.model_dump(mode="json"),
             "evaluation": payload.evaluation.model_dump(mode="json", exclude_none=True)}
 
@@ -126,7 +130,8 @@ def _requested_steps(payload: JobCreate, model: Model, errors: list[dict[str, An
 
 
 def _resolve_steps(requested: list[dict], source_format: str, payload: JobCreate, errors: list[dict[str, Any]],
-                   lookup: Callable[[str], Model | None], source: Model) -> tuple[list[dict[str, Any]], str]:
+                   lookup: Callable[[str], Model | None], source: Model,
+                   unavailable: Callable[[str], str | None]) -> tuple[list[dict[str, Any]], str]:
     steps: list[dict[str, Any]] = []
     current = source_format
     queue = "gpu" if payload.target.device == "cuda" else "cpu"
@@ -155,7 +160,7 @@ def _resolve_steps(requested: list[dict], source_format: str, payload: JobCreate
                     problem = _referenced_model_problem(lookup(model_id), model_id, current, source)
                     if problem:
                         errors.append({"loc": ["steps", i, "params", ref], "msg": problem})
-        if reason := spec.unavailable_reason():
+        if reason := unavailable(spec.name):
             errors.append({"loc": ["steps", i, "pass"], "msg": f"{spec.name} cannot run here: {reason}"})
         if current not in spec.accepts:
             errors.append({"loc": ["steps", i, "pass"],
@@ -203,7 +208,7 @@ def create(session: Session, tenant: str, payload: JobCreate) -> Job:
         tenant=tenant, model_id=resolved["model_id"], source_artifact_id=payload.artifact_id, steps=steps,
         queue=resolved["queue"], datasets=payload.datasets, evaluation=resolved["evaluation"],
         target=resolved["target"], webhook=payload.webhook.model_dump(mode="json") if payload.webhook else None,
-        max_attempts=get_settings().max_attempts))
+        max_attempts=get_settings().max_attempts, waiting_reason=resolved["waiting_reason"]))
     session.add(JobLog(job_id=job.id, message=f"queued on {job.queue}: " + " → ".join(s["pass"] for s in steps)))
     job_id, queue = job.id, job.queue
     on_commit(session, lambda: dispatch(job_id, queue))  # the row exists before any worker can look

@@ -5,5 +5,6 @@ from app.models.base import Base
 from app.models.dataset import Dataset
 from app.models.job import Job, JobLog
 from app.models.model import Model
+from app.models.worker import Worker
 
-__all__ = ["Artifact", "Base", "Dataset", "Job", "JobLog", "Model"]
+__all__ = ["Artifact", "Base", "Dataset", "Job", "JobLog", "Model", "Worker"]
