@@ -10,6 +10,7 @@ job has one, generated inputs otherwise.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -93,7 +94,68 @@ class TorchRunner:
         return [p.detach().numpy() for p in self.module.parameters()]
 
 
-Runner = OnnxRunner | TorchRunner
+class AotInductorRunner(TorchRunner):
+    """An AOTInductor package (compiled by ``engine.aotinductor``, never a user upload)."""
+
+    def __init__(self, path: Path, threads: int, specs: list[dict[str, Any]]) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.module = torch._inductor.aoti_load_package(str(path))
+        self.names = [s["name"] for s in specs]
+        self.conditions = {"runtime": "aotinductor", "version": torch.__version__, "device": "cpu",
+                           "threads": threads}
+
+    def parameters(self) -> list[np.ndarray]:
+        return []  # compiled into the package's kernels; not counted
+
+
+def ov_precision(compiled: Any) -> str:
+    """The inference precision a compiled OpenVINO model runs at, as OpenVINO spells it (f32, bf16, f16)."""
+    value = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+
+
+class OpenVinoRunner:
+    """An OpenVINO IR zip from ``engine.openvino``, run at the inference precision it records."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import tempfile
+        import zipfile
+
+        import openvino as ov
+
+        self.folder = tempfile.TemporaryDirectory(prefix="tp-ov-")
+        with zipfile.ZipFile(path) as archive:
+            archive.extractall(self.folder.name)
+            manifest = json.loads(archive.read("tensorpress.json"))
+        config = {"INFERENCE_NUM_THREADS": threads}
+        if manifest["precision"] != "default":
+            config["INFERENCE_PRECISION_HINT"] = manifest["precision"]
+        core = ov.Core()
+        self.model = core.read_model(f"{self.folder.name}/model.xml")
+        self.compiled = core.compile_model(self.model, "CPU", config)
+        self.inputs = [i.get_any_name() for i in self.compiled.inputs]
+        self.conditions = {"runtime": "openvino", "version": ov.__version__, "device": "CPU", "threads": threads,
+                           "inference_precision": ov_precision(self.compiled)}
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = self.compiled([feeds[name] for name in self.inputs])
+        return [np.asarray(result[out]).astype(np.float32) for out in self.compiled.outputs]
+
+    def parameters(self) -> list[np.ndarray]:
+        """Weight constants: floating point or 8-bit (NNCF int8), rank ≥ 1 (shape constants are int64)."""
+        weights = []
+        for op in self.model.get_ops():
+            if op.get_type_name() != "Constant" or not len(op.get_output_shape(0)):
+                continue
+            kind = op.get_output_element_type(0)
+            if kind.is_real() or kind.get_type_name() in ("i8", "u8"):
+                weights.append(op.get_data())
+        return weights
+
+
+Runner = OnnxRunner | TorchRunner | OpenVinoRunner
 
 
 def load_runner(path: Path, fmt: str, threads: int, specs: list[dict[str, Any]]) -> Runner:
@@ -101,12 +163,16 @@ def load_runner(path: Path, fmt: str, threads: int, specs: list[dict[str, Any]])
         return OnnxRunner(path, threads)
     if fmt in ("torchscript", "torch_export"):
         return TorchRunner(path, fmt, threads, specs)
+    if fmt == "aotinductor":
+        return AotInductorRunner(path, threads, specs)
+    if fmt == "openvino":
+        return OpenVinoRunner(path, threads)
     raise ValueError(f"cannot measure {fmt} models")
 
 
 def count_parameters(path: Path, runner: Runner) -> tuple[int, int]:
     """(parameters, non-zero parameters): ONNX initializers, or a torch module's parameters."""
-    if isinstance(runner, TorchRunner):
+    if not isinstance(runner, OnnxRunner):
         tensors = runner.parameters()
     else:
         import onnx
@@ -205,7 +271,7 @@ def machine() -> dict[str, Any]:
 def model_size(path: Path, fmt: str) -> int:
     """Bytes of the model file plus the external-data files an ONNX model refers to."""
     size = path.stat().st_size
-    if fmt == "onnx":
+    if fmt == "onnx":  # plus the external-data files it refers to
         import onnx
 
         model = onnx.load(str(path), load_external_data=False)

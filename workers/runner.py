@@ -28,7 +28,8 @@ from workers.passes import REGISTRY, Cancelled, PassContext
 log = logging.getLogger(__name__)
 EVAL_SAMPLES = 2048  # of the evaluation dataset used for fidelity and task metrics
 STEPS_SHARE = 0.9  # of the progress bar; measuring original and result takes the rest
-EXTENSIONS = {"onnx": "onnx", "torchscript": "pt", "torch_export": "pt2"}
+EXTENSIONS = {"onnx": "onnx", "torchscript": "pt", "torch_export": "pt2", "aotinductor": "aoti.pt2",
+              "openvino": "openvino.zip"}
 
 
 class LeaseLost(Exception):

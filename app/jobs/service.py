@@ -153,7 +153,7 @@ def _resolve_steps(requested: list[dict], source_format: str, payload: JobCreate
             errors.extend({"loc": ["steps", i, "params", *e["loc"]], "msg": e["msg"]} for e in exc.errors())
             validated, params = None, step["params"]
         if validated is not None and current in spec.accepts:
-            if spec.check and (problem := spec.check(validated, current)):
+            if spec.check and (problem := spec.check(validated, current, set(payload.datasets))):
                 errors.append({"loc": ["steps", i, "params"], "msg": problem})
             for ref in spec.model_refs:
                 if (model_id := getattr(validated, ref)) is not None:

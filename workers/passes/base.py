@@ -85,8 +85,9 @@ class PassSpec:
     # Parameters holding the id of another uploaded model; the API checks it exists for the tenant, has the
     # job model's format and its input and output shapes, and the runner hands it over in ``ctx.models``.
     model_refs: tuple[str, ...] = ()
-    # What the parameters and the model's format cannot do together, said at submission (None when fine).
-    check: Callable[[Any, str], str | None] | None = None
+    # What the parameters cannot do with the model's format and the job's dataset roles, said at submission
+    # (None when fine).
+    check: Callable[[Any, str, set[str]], str | None] | None = None
 
     def output_format(self, input_format: str) -> str:
         """The format this pass makes from ``input_format`` (``produces="same"`` keeps it)."""

@@ -57,7 +57,7 @@ def test_every_pass_runs_on_a_tiny_model(name, fmt, tmp_path):
 
     spec = REGISTRY[name]
     params = spec.params(**EXAMPLE_PARAMS.get(name, {}))
-    if spec.check and (refused := spec.check(params, fmt)):
+    if spec.check and (refused := spec.check(params, fmt, set(spec.datasets))):
         pytest.skip(f"refused at submission, as it should be: {refused}")
     model = tiny_model(fmt, tmp_path)
     rng = np.random.default_rng(0)

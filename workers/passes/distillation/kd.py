@@ -52,7 +52,7 @@ class DistillParams(TrainingParams):
         return self
 
 
-def check(params: DistillParams, source_format: str) -> str | None:
+def check(params: DistillParams, source_format: str, datasets: set[str]) -> str | None:
     if params.feature_weight and source_format != "torch_export":
         return f"feature matching needs .pt2 models (their graphs expose intermediate layers); this is {source_format}"
     if params.width_ratio is not None and source_format != "torch_export":
