@@ -37,13 +37,18 @@ def gemm_to_matmul(model: Any) -> int:
                                               name=f"{node.name or node.output[0]}_Add"))
         rewritten += 1
     if rewritten:
-        del graph.node[:]
-        graph.node.extend(new_nodes)
-        used = {i for n in graph.node for i in n.input}
-        keep = [i for i in graph.initializer if i.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
+        replace_nodes(graph, new_nodes)
     return rewritten
+
+
+def replace_nodes(graph: Any, nodes: list[Any]) -> None:
+    """Make ``nodes`` the graph's nodes and drop the initializers nothing uses any more (in place)."""
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
 
 
 def topological_sort(graph: Any) -> None:

@@ -128,8 +128,8 @@ def run(ctx: PassContext, params: DistillParams) -> PassResult:
     import torch
     import torch.nn.functional as F
 
-    from workers.evaluation import generate_inputs, load_dataset
-    from workers.passes.torch_models import TorchModel
+    from workers.evaluation import load_dataset
+    from workers.passes.torch_models import TorchModel, reexport
     from workers.passes.training.loop import fit, predict
 
     torch.manual_seed(params.seed)
@@ -186,11 +186,7 @@ def run(ctx: PassContext, params: DistillParams) -> PassResult:
     if student_model is not None:
         student_model.save(out)
     else:
-        example = tuple(torch.from_numpy(v) for v in generate_inputs(
-            ctx.inputs, 2, ctx.target.get("inputs", {}), dim_defaults=ctx.dim_defaults).values())
-        dynamic = tuple({i: torch.export.Dim.AUTO for i, d in enumerate(s["shape"]) if isinstance(d, str)}
-                        for s in ctx.inputs)
-        torch.export.save(torch.export.export(student, example, dynamic_shapes=dynamic), str(out))
+        torch.export.save(reexport(student, ctx), str(out))
     teacher_params = sum(p.numel() for p in teacher.parameters())
     student_params = sum(p.numel() for p in student.parameters())
     ctx.log(f"student: {student_params} parameters ({student_params / teacher_params:.1%} of the teacher's)")

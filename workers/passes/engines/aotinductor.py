@@ -71,6 +71,7 @@ def run(ctx: PassContext, params: AotInductorParams) -> PassResult:
 
     from workers.evaluation import generate_inputs
     from workers.formats import check_pt2, force_weights_only
+    from workers.passes.torch_models import reexport
 
     force_weights_only()
     check_pt2(ctx.model_path)
@@ -80,9 +81,7 @@ def run(ctx: PassContext, params: AotInductorParams) -> PassResult:
     args = tuple(torch.from_numpy(feeds[s["name"]]) for s in ctx.inputs)
     module = program.module()
     if folded := fold_batch_norms(module):
-        dynamic = tuple({i: torch.export.Dim.AUTO for i, d in enumerate(s["shape"]) if isinstance(d, str)}
-                        for s in ctx.inputs)
-        reference, program = program, torch.export.export(module, args, dynamic_shapes=dynamic)
+        reference, program = program, reexport(module, ctx)
         ctx.log(f"folded {folded} batch norm(s) into their convolutions")
     else:
         reference = program

@@ -67,6 +67,8 @@ def run(ctx: PassContext, params: LowRankParams) -> PassResult:
     import onnx
     from onnx import helper, numpy_helper
 
+    from workers.passes.onnx_graph import replace_nodes
+
     model = onnx.load(str(ctx.model_path))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
@@ -97,12 +99,7 @@ def run(ctx: PassContext, params: LowRankParams) -> PassResult:
         layers[name] = {"op": node.op_type, "rank": rank, "params_before": before, "params_after": after}
     if not layers:
         raise ValueError("no layer could be factorized with fewer parameters: lower energy/ratio or min_params")
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    used = {i for n in graph.node for i in n.input}
-    keep = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    replace_nodes(graph, new_nodes)
     out = ctx.work_dir / "model.lowrank.onnx"
     onnx.save(model, str(out))
     before = sum(v["params_before"] for v in layers.values())

@@ -290,6 +290,7 @@ def run(ctx: PassContext, params: StructuredPruneParams) -> PassResult:
 
     from workers.evaluation import generate_inputs
     from workers.formats import check_pt2, force_weights_only
+    from workers.passes.torch_models import reexport
 
     force_weights_only()
     check_pt2(ctx.model_path)
@@ -298,17 +299,13 @@ def run(ctx: PassContext, params: StructuredPruneParams) -> PassResult:
     bounds = ctx.target.get("inputs", {})
     one = tuple(torch.from_numpy(v) for v in generate_inputs(ctx.inputs, 1, bounds, dim_defaults=ctx.dim_defaults)
                 .values())
-    example = tuple(torch.from_numpy(v) for v in generate_inputs(ctx.inputs, 2, bounds,
-                                                                 dim_defaults=ctx.dim_defaults).values())
     params_before = sum(p.numel() for p in gm.parameters())
     macs_before = macs(gm, one)
     report = prune(gm, params)
     if not report["groups"]:
         raise ValueError("no channel group could be pruned: " + "; ".join(
             f"{', '.join(g['layers'])}: {g['reason']}" for g in report["left_alone"]))
-    dynamic = tuple({i: torch.export.Dim.AUTO for i, d in enumerate(s["shape"]) if isinstance(d, str)}
-                    for s in ctx.inputs)
-    pruned = torch.export.export(gm, example, dynamic_shapes=dynamic)
+    pruned = reexport(gm, ctx)
     out = ctx.work_dir / "model.pt2"
     torch.export.save(pruned, str(out))
     ctx.check_cancelled()
