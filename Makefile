@@ -5,13 +5,17 @@ PY := $(VENV)/bin/python
 # `--index-url https://download.pytorch.org/whl/cpu` to avoid a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: run test install install-test lint bench
+.PHONY: run test test-gpu install install-test lint bench
 
 run: install
 	$(VENV)/bin/tensorpress up
 
 test: install-test
 	$(PY) -m pytest
+
+# On an NVIDIA machine (torch with CUDA; TensorRT for its tests): every GPU test, in a few minutes.
+test-gpu: install-test
+	$(PY) -m pytest -m gpu -v -rs tests/gpu
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test

@@ -22,9 +22,13 @@ def _loopback(host: str) -> bool:
 def _check_auth(host: str) -> None:
     from app.core.settings import get_settings
 
-    if get_settings().auth == "disabled" and not _loopback(host):
+    auth = get_settings().auth
+    if auth == "disabled" and not _loopback(host):
         sys.exit(f"refusing to listen on {host} with TENSORPRESS_AUTH=disabled: anyone who can reach it could "
                  "use it. Listen on 127.0.0.1, or set TENSORPRESS_AUTH=required.")
+    if auth == "required":
+        sys.exit("TENSORPRESS_AUTH=required needs API keys, which this version does not have yet: refusing to "
+                 "start rather than serve without authentication. Listen on 127.0.0.1 with auth disabled.")
 
 
 def _serve(host: str, port: int) -> None:
@@ -35,10 +39,12 @@ def _serve(host: str, port: int) -> None:
     uvicorn.run(create_app(), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
 
 
-def _worker_argv(queues: str, concurrency: int) -> list[str]:
+def _worker_argv(queues: str, concurrency: int, name: str | None = None) -> list[str]:
+    # prefork with a fresh child per job (worker_max_tasks_per_child=1): the parent never touches CUDA, each
+    # job's child initialises it after the fork and its GPU memory is freed when the child exits.
     return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queues,
-            "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-            "--hostname", f"tensorpress-{queues.replace(',', '-')}@%h-{os.getpid()}"]
+            "--pool", "prefork", "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip",
+            "--without-mingle", "--hostname", f"tensorpress-{name or queues.replace(',', '-')}@%h-{os.getpid()}"]
 
 
 def _die_with_parent() -> None:
@@ -83,11 +89,18 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from app.core.settings import get_settings
     from workers.heartbeat import gpus
 
-    has_gpu = bool(gpus())
-    queues = args.queues or ("cpu,gpu" if has_gpu else "cpu")
-    if "gpu" in queues.split(",") and not has_gpu and not get_settings().fake_gpu_queue:
+    visible = gpus()
+    if args.gpu is not None:
+        # One worker process per GPU: it sees only its own device, and runs one job at a time.
+        if args.gpu >= len(visible) and not get_settings().fake_gpu_queue:
+            sys.exit(f"no GPU {args.gpu} here (nvidia-smi lists {len(visible)})")
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+        queues, concurrency = args.queues or "gpu", 1
+    else:
+        queues, concurrency = args.queues or ("cpu,gpu" if visible else "cpu"), args.concurrency
+    if "gpu" in queues.split(",") and not visible and not get_settings().fake_gpu_queue:
         sys.exit("refusing to serve the gpu queue: no GPU is visible here (nvidia-smi lists none)")
-    argv = _worker_argv(queues, args.concurrency)
+    argv = _worker_argv(queues, concurrency, f"gpu{args.gpu}" if args.gpu is not None else None)
     os.execv(argv[0], argv)
 
 
@@ -114,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="a Celery worker for the given queues")
     p.add_argument("--queues", default=None, help="comma-separated: cpu, gpu (default: cpu, plus gpu when a GPU "
                    "is visible)")
-    p.add_argument("--concurrency", type=int, default=1, help="jobs at once (one per GPU on gpu workers)")
+    p.add_argument("--concurrency", type=int, default=1, help="jobs at once on this worker")
+    p.add_argument("--gpu", type=int, default=None, help="serve the gpu queue with this one GPU only "
+                   "(CUDA_VISIBLE_DEVICES); start one worker per GPU")
     p.set_defaults(func=cmd_worker)
     db = sub.add_parser("db", help="database")
     dbsub = db.add_subparsers(dest="db_command", required=True)

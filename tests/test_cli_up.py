@@ -94,3 +94,10 @@ def test_up_refuses_a_public_address_without_auth(tmp_path):
     result = subprocess.run([tensorpress(), "up", "--host", "0.0.0.0", "--port", str(free_port())], cwd=tmp_path,
                             env=clean_env(), capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode != 0 and "TENSORPRESS_AUTH" in result.stderr
+
+
+def test_serve_refuses_required_auth_until_api_keys_exist(tmp_path):
+    result = subprocess.run([tensorpress(), "serve", "--host", "0.0.0.0", "--port", str(free_port())], cwd=tmp_path,
+                            env={**clean_env(), "TENSORPRESS_AUTH": "required"}, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode != 0 and "needs API keys" in result.stderr

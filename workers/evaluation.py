@@ -51,16 +51,18 @@ def generate_inputs(specs: list[dict[str, Any]], batch: int, bounds: dict[str, d
 
 
 class OnnxRunner:
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, device: str = "cpu") -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.conditions = {"runtime": "onnxruntime", "version": ort.__version__,
-                           "provider": "CPUExecutionProvider", "threads": threads}
+        cuda = device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.conditions = {"runtime": "onnxruntime", "version": ort.__version__, "provider": providers[0],
+                           "threads": threads, "device": "cuda" if cuda else "cpu"}
         # A pass may change input types (float16 without keep_io_types): feed each input in its own type.
         self.types = {i.name: ONNX_TYPES.get(i.type) for i in self.session.get_inputs()}
 
@@ -71,24 +73,28 @@ class OnnxRunner:
 
 
 class TorchRunner:
-    def __init__(self, path: Path, fmt: str, threads: int, specs: list[dict[str, Any]]) -> None:
+    """Eager torch (TorchScript or a .pt2 program's module), on the CPU or the GPU. On a GPU the time
+    includes copying inputs there and outputs back."""
+
+    def __init__(self, path: Path, fmt: str, threads: int, specs: list[dict[str, Any]], device: str = "cpu") -> None:
         import torch
 
         from workers.formats import load_torch
 
         torch.set_num_threads(threads)
-        self.module = load_torch(path, fmt)
+        self.device = device
+        self.module = load_torch(path, fmt, device)
         self.names = [s["name"] for s in specs]
-        self.conditions = {"runtime": "torch", "version": torch.__version__, "device": "cpu", "threads": threads,
+        self.conditions = {"runtime": "torch", "version": torch.__version__, "device": device, "threads": threads,
                            "format": fmt}
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         import torch
 
         with torch.no_grad():
-            result = self.module(*(torch.from_numpy(feeds[n]) for n in self.names))
+            result = self.module(*(torch.from_numpy(feeds[n]).to(self.device) for n in self.names))
         results = [result] if isinstance(result, torch.Tensor) else list(result)
-        return [r.detach().numpy() for r in results]
+        return [r.detach().float().cpu().numpy() for r in results]
 
     def parameters(self) -> list[np.ndarray]:
         return [p.detach().numpy() for p in self.module.parameters()]
@@ -97,13 +103,14 @@ class TorchRunner:
 class AotInductorRunner(TorchRunner):
     """An AOTInductor package (compiled by ``engine.aotinductor``, never a user upload)."""
 
-    def __init__(self, path: Path, threads: int, specs: list[dict[str, Any]]) -> None:
+    def __init__(self, path: Path, threads: int, specs: list[dict[str, Any]], device: str = "cpu") -> None:
         import torch
 
         torch.set_num_threads(threads)
+        self.device = device
         self.module = torch._inductor.aoti_load_package(str(path))
         self.names = [s["name"] for s in specs]
-        self.conditions = {"runtime": "aotinductor", "version": torch.__version__, "device": "cpu",
+        self.conditions = {"runtime": "aotinductor", "version": torch.__version__, "device": device,
                            "threads": threads}
 
     def parameters(self) -> list[np.ndarray]:
@@ -155,18 +162,68 @@ class OpenVinoRunner:
         return weights
 
 
-Runner = OnnxRunner | TorchRunner | OpenVinoRunner
+class TensorRtRunner:
+    """A serialized TensorRT engine (from ``engine.tensorrt``) on this worker's GPU; buffers are torch CUDA
+    tensors, inputs copied in and outputs copied back inside the timed call."""
+
+    def __init__(self, path: Path) -> None:
+        import tensorrt as trt
+        import torch
+
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        self.conditions = {"runtime": "tensorrt", "version": trt.__version__, "device": "cuda",
+                           "gpu": torch.cuda.get_device_name(0)}
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        keep = []
+        for name in self.inputs:
+            tensor = torch.from_numpy(feeds[name]).cuda().contiguous()
+            keep.append(tensor)
+            self.context.set_input_shape(name, tuple(tensor.shape))
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        results = []
+        for name in self.outputs:
+            shape = tuple(self.context.get_tensor_shape(name))
+            out = torch.empty(shape, dtype=_torch_dtype(self.engine.get_tensor_dtype(name)), device="cuda")
+            self.context.set_tensor_address(name, out.data_ptr())
+            results.append(out)
+        self.context.execute_async_v3(self.stream.cuda_stream)
+        self.stream.synchronize()
+        return [r.float().cpu().numpy() for r in results]
+
+    def parameters(self) -> list[np.ndarray]:
+        return []  # inside the engine; not counted
 
 
-def load_runner(path: Path, fmt: str, threads: int, specs: list[dict[str, Any]]) -> Runner:
+def _torch_dtype(trt_dtype: Any) -> Any:
+    import tensorrt as trt
+    import torch
+
+    return {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
+            trt.int64: torch.int64, trt.int8: torch.int8, trt.bool: torch.bool}[trt_dtype]
+
+
+Runner = OnnxRunner | TorchRunner | OpenVinoRunner | TensorRtRunner
+
+
+def load_runner(path: Path, fmt: str, threads: int, specs: list[dict[str, Any]], device: str = "cpu") -> Runner:
     if fmt == "onnx":
-        return OnnxRunner(path, threads)
+        return OnnxRunner(path, threads, device)
     if fmt in ("torchscript", "torch_export"):
-        return TorchRunner(path, fmt, threads, specs)
+        return TorchRunner(path, fmt, threads, specs, device)
     if fmt == "aotinductor":
-        return AotInductorRunner(path, threads, specs)
+        return AotInductorRunner(path, threads, specs, device)
     if fmt == "openvino":
         return OpenVinoRunner(path, threads)
+    if fmt == "tensorrt":
+        return TensorRtRunner(path)
     raise ValueError(f"cannot measure {fmt} models")
 
 
@@ -265,7 +322,7 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "device": "cpu"}
+    return {"cpu": cpu, "cpu_count": os.cpu_count()}
 
 
 def model_size(path: Path, fmt: str) -> int:
@@ -285,7 +342,7 @@ def measure(path: Path, fmt: str, specs: list[dict[str, Any]], target: dict[str,
             iterations: int, eval_feeds: dict[str, np.ndarray], labels: np.ndarray | None = None,
             dim_defaults: dict[str, int] | None = None) -> tuple[dict, list[np.ndarray]]:
     """Metrics of one model, plus its outputs on ``eval_feeds`` (for comparing with another model)."""
-    runner = load_runner(path, fmt, threads, specs)
+    runner = load_runner(path, fmt, threads, specs, target.get("device", "cpu"))
     parameters, nonzero = count_parameters(path, runner)
     bounds = target.get("inputs", {})
     latency_ms, throughput = {}, {}

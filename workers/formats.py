@@ -140,16 +140,19 @@ def materialize(path: Path, storage_key: str, dest: Path, limits: ArchiveLimits 
     return onnx_model_file(dest)
 
 
-def load_torch(path: Path, fmt: str):
-    """A callable torch module for a TorchScript file or a .pt2 program, in eval mode on the CPU."""
+def load_torch(path: Path, fmt: str, device: str = "cpu"):
+    """A callable torch module for a TorchScript file or a .pt2 program, in eval mode on ``device``."""
     import torch
 
     force_weights_only()
     if fmt == "torchscript":
-        module = torch.jit.load(str(path), map_location="cpu")
+        module = torch.jit.load(str(path), map_location=device)
         module.eval()
         return module
     if fmt == "torch_export":
         check_pt2(path)
-        return torch.export.load(str(path)).module()
+        program = torch.export.load(str(path))
+        if device != "cpu":
+            program = torch.export.passes.move_to_device_pass(program, device)
+        return program.module()
     raise ValueError(f"{fmt} is not a torch format")

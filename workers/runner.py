@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 EVAL_SAMPLES = 2048  # of the evaluation dataset used for fidelity and task metrics
 STEPS_SHARE = 0.9  # of the progress bar; measuring original and result takes the rest
 EXTENSIONS = {"onnx": "onnx", "torchscript": "pt", "torch_export": "pt2", "aotinductor": "aoti.pt2",
-              "openvino": "openvino.zip"}
+              "openvino": "openvino.zip", "tensorrt": "engine"}
 
 
 class LeaseLost(Exception):
@@ -200,6 +200,7 @@ class JobRun:
                 self.update(progress=STEPS_SHARE * (index + fraction) / total)
 
         ctx = PassContext(model_path=path, model_format=fmt, work_dir=step_dir, target=target,
+                          device=target.get("device", "cpu"),
                           inputs=self.model["inputs"], outputs=self.model["outputs"],
                           dim_defaults=self.model["dim_defaults"], datasets=self.datasets, models=self.models,
                           progress=progress, is_cancelled=self.cancelled,

@@ -4,6 +4,7 @@ from workers.passes.base import REGISTRY, Cancelled, PassContext, PassParams, Pa
 from workers.passes.distillation import kd as _kd
 from workers.passes.engines import aotinductor as _aotinductor
 from workers.passes.engines import openvino as _openvino
+from workers.passes.engines import tensorrt as _tensorrt
 from workers.passes.export import onnx as _export_onnx
 from workers.passes.lowrank import svd as _svd
 from workers.passes.optimize import onnxruntime as _optimize_ort
@@ -16,5 +17,5 @@ from workers.passes.quantization import weight_only as _weight_only
 from workers.passes.training import finetune as _finetune
 
 __all__ = ["REGISTRY", "Cancelled", "PassContext", "PassParams", "PassResult", "PassSpec"]
-_REGISTERED = (_kd, _aotinductor, _openvino, _export_onnx, _svd, _optimize_ort, _magnitude, _structured, _dynamic,
-               _fp16, _static, _weight_only, _finetune)
+_REGISTERED = (_kd, _aotinductor, _openvino, _tensorrt, _export_onnx, _svd, _optimize_ort, _magnitude,
+               _structured, _dynamic, _fp16, _static, _weight_only, _finetune)

@@ -57,6 +57,9 @@ def test_every_pass_runs_on_a_tiny_model(name, fmt, tmp_path):
 
     spec = REGISTRY[name]
     params = spec.params(**EXAMPLE_PARAMS.get(name, {}))
+    if spec.queue == "gpu" or spec.unavailable_reason():
+        pytest.skip(f"{name} needs a GPU worker with its libraries ({spec.unavailable_reason() or 'gpu queue'}); "
+                    "it runs in tests/gpu (make test-gpu)")
     if spec.check and (refused := spec.check(params, fmt, set(spec.datasets))):
         pytest.skip(f"refused at submission, as it should be: {refused}")
     model = tiny_model(fmt, tmp_path)

@@ -77,6 +77,8 @@ def run(ctx: PassContext, params: AotInductorParams) -> PassResult:
     check_pt2(ctx.model_path)
     program = torch.export.load(str(ctx.model_path))
     device = "cuda" if ctx.device == "cuda" else "cpu"
+    if device == "cuda":
+        program = torch.export.passes.move_to_device_pass(program, "cuda")
     feeds = generate_inputs(ctx.inputs, 2, ctx.target.get("inputs", {}), dim_defaults=ctx.dim_defaults)
     args = tuple(torch.from_numpy(feeds[s["name"]]) for s in ctx.inputs)
     module = program.module()

@@ -1,0 +1,33 @@
+"""What can be checked of the container deployment without a Docker engine."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compose_services_build_existing_targets_with_the_shared_settings():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"api", "worker", "worker-gpu", "migrate", "redis", "postgres"} <= set(services)
+    targets = set(re.findall(r"^FROM \S+ AS (\S+)$", (ROOT / "Dockerfile").read_text(), re.M))
+    assert {"api", "worker", "worker-gpu"} <= targets
+    for name in ("api", "worker", "worker-gpu", "migrate"):
+        assert services[name]["build"]["target"] in targets
+    for name in ("api", "worker", "worker-gpu"):
+        env = services[name]["environment"]
+        assert env["TENSORPRESS_BROKER_URL"].startswith("redis://")
+        assert env["TENSORPRESS_DATABASE_URL"].startswith("postgresql+psycopg://")
+        assert env["TENSORPRESS_AUTH"] == "required"  # the API listens on every interface
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    [device] = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+
+
+def test_dockerfile_copies_what_exists():
+    for source in re.findall(r"^COPY (\S+) ", (ROOT / "Dockerfile").read_text(), re.M):
+        assert (ROOT / source).exists(), source
