@@ -97,14 +97,6 @@ def run(ctx: PassContext, params: TensorRtParams) -> PassResult:
     qdq = _is_qdq(ctx.model_path)
     if params.precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
-    if params.precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
-        if not qdq:
-            if "calibration" not in ctx.datasets:
-                raise ValueError("int8 needs a QDQ model (quantize.static) or a calibration dataset")
-            with np.load(ctx.datasets["calibration"], allow_pickle=False) as data:
-                arrays = {s["name"]: data[s["name"]][: params.calibration_samples] for s in ctx.inputs}
-            config.int8_calibrator = EntropyCalibrator(arrays, 8, ctx.work_dir / "calibration.cache")
     if params.sparse_weights:
         config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
     batches = sorted(ctx.target.get("batch_sizes", [1]))
@@ -116,6 +108,15 @@ def run(ctx: PassContext, params: TensorRtParams) -> PassResult:
         profile.set_shape(tensor.name, [batches[0], *fixed], [batches[len(batches) // 2], *fixed],
                           [batches[-1], *fixed])
     config.add_optimization_profile(profile)
+    if params.precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+        if not qdq:  # implicit quantization: ranges from an entropy calibrator, run at the profile's max batch
+            if "calibration" not in ctx.datasets:
+                raise ValueError("int8 needs a QDQ model (quantize.static) or a calibration dataset")
+            with np.load(ctx.datasets["calibration"], allow_pickle=False) as data:
+                arrays = {s["name"]: data[s["name"]][: params.calibration_samples] for s in ctx.inputs}
+            config.set_calibration_profile(profile)
+            config.int8_calibrator = EntropyCalibrator(arrays, batches[-1], ctx.work_dir / "calibration.cache")
     gpu = torch.cuda.get_device_name(0)
     cache_file = Path.home() / ".cache" / "tensorpress" / f"trt-{trt.__version__}-{gpu.replace(' ', '_')}.cache"
     if params.timing_cache:
