@@ -105,3 +105,20 @@ def test_feature_matching_through_a_learned_projection(client, teacher, digits_s
     assert job["metrics"]["result"]["accuracy"] >= job["metrics"]["original"]["accuracy"] - 0.03
     losses = job["steps"][0]["metrics"]["losses"]
     assert losses[-1] < losses[0]
+
+
+def test_depth_derived_student_keeps_evenly_spaced_blocks(client):
+    import numpy as np
+
+    model, ids = factories.tiny_transformer(layers=4)
+    tokens = np.random.default_rng(0).integers(0, 100, (96, 16))
+    job = run_job(client, {"model_id": upload_model(client, factories.pt2_bytes(model, ids)),
+                           "datasets": {"training": upload_data(client, input_ids=tokens[:64]),
+                                        "evaluation": upload_data(client, input_ids=tokens[64:])},
+                           "target": {"inputs": {"input_ids": {"low": 0, "high": 100}}},
+                           "steps": [{"pass": "distill.kd", "params": {"depth_ratio": 0.5, "epochs": 2}}]})
+    metrics = job["steps"][0]["metrics"]
+    per_block = 64 * 192 + 192 + 64 * 64 + 64 + 4 * 64 + 64 * 256 + 256 + 256 * 64 + 64
+    assert metrics["teacher_parameters"] - metrics["student_parameters"] == 2 * per_block
+    assert "kept blocks [0, 3] of blocks.0–3" in client.get(f"/v1/jobs/{job['id']}/logs").text
+    assert job["metrics"]["result"]["parameters"] == metrics["student_parameters"]

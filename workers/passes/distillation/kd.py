@@ -1,10 +1,14 @@
 """``distill.kd`` — knowledge distillation: train a smaller student to imitate the job's model (the teacher).
 
 The student is either another uploaded model (``student_model_id``: same format as the teacher, same inputs
-and output shapes, checked at submission) or derived from a ``.pt2`` teacher by structured pruning to
-``width_ratio`` of its channels and neurons, initialised from the teacher's strongest ones — so derivation
-handles what ``prune.structured`` handles (convolutions, linear layers, residual-coupled groups, transformer
-feed-forward neurons). Depth derivation (keeping every k-th block of a repeated stack) is not built.
+and output shapes, checked at submission) or derived from a ``.pt2`` teacher:
+- ``width_ratio``: structured pruning to that share of its channels and neurons, initialised from the
+  teacher's strongest ones — derivation handles what ``prune.structured`` handles (convolutions, linear
+  layers, residual-coupled groups, transformer feed-forward neurons);
+- ``depth_ratio``: fewer blocks of a stack of repeated modules (``<stack>.0``, ``<stack>.1``, … in the
+  program's module paths), keeping evenly spaced ones as DistilBERT's initialisation does (every other block
+  at 0.5); a dropped block must map one tensor to one of the same shape (residual blocks), else the pass
+  refuses. Both can be combined.
 
 Loss, with teacher logits z_t and student logits z_s:
 α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + (1−α)·CE(labels) when the ``training`` dataset has integer labels,
@@ -35,6 +39,10 @@ class DistillParams(TrainingParams):
         default=None, gt=0, lt=1, description="Derive the student from a .pt2 teacher, keeping this share of "
         "its channels and neurons (structured pruning)."
     )
+    depth_ratio: float | None = Field(
+        default=None, gt=0, lt=1, description="Derive the student from a .pt2 teacher, keeping this share of the "
+        "blocks of its repeated stack (evenly spaced)."
+    )
     temperature: float = Field(default=4.0, gt=0, le=100, description="T: softens both distributions.")
     alpha: float = Field(default=0.7, ge=0, le=1, description="Weight of the distillation term; 1 − α goes "
                          "to cross-entropy with the labels (α=0: labels only).")
@@ -47,28 +55,73 @@ class DistillParams(TrainingParams):
 
     @model_validator(mode="after")
     def _one_student(self) -> DistillParams:
-        if (self.student_model_id is None) == (self.width_ratio is None):
-            raise ValueError("give exactly one of student_model_id or width_ratio")
+        derived = self.width_ratio is not None or self.depth_ratio is not None
+        if (self.student_model_id is None) != derived:
+            raise ValueError("give exactly one of student_model_id or width_ratio/depth_ratio")
         return self
 
 
 def check(params: DistillParams, source_format: str, datasets: set[str]) -> str | None:
     if params.feature_weight and source_format != "torch_export":
         return f"feature matching needs .pt2 models (their graphs expose intermediate layers); this is {source_format}"
-    if params.width_ratio is not None and source_format != "torch_export":
-        return (f"deriving a student (width_ratio) needs the teacher as a torch.export program (.pt2); this one "
-                f"is {source_format}: upload a .pt2, or give an uploaded student_model_id")
+    if params.student_model_id is None and source_format != "torch_export":
+        return (f"deriving a student (width_ratio, depth_ratio) needs the teacher as a torch.export program (.pt2); "
+                f"this one is {source_format}: upload a .pt2, or give an uploaded student_model_id")
     return None
 
 
-def derive_student(ctx: PassContext, ratio: float) -> Any:
-    """A narrower copy of the .pt2 teacher: structured pruning keeping ``ratio`` of the channels."""
+def drop_blocks(gm: Any, ratio: float) -> str:
+    """Keep ``ratio`` of the blocks of the longest repeated stack (evenly spaced), rewiring around the others."""
+    import re
+
+    import numpy as np
+    import torch
+
+    members: dict[tuple[str, int], list[Any]] = {}
+    for node in gm.graph.nodes:
+        for path, _ in (node.meta.get("nn_module_stack") or {}).values():
+            match = re.fullmatch(r"(.+)\.(\d+)", path)
+            if match and node.op == "call_function":
+                members.setdefault((match[1], int(match[2])), []).append(node)
+                break
+    stacks: dict[str, list[int]] = {}
+    for prefix, index in members:
+        stacks.setdefault(prefix, []).append(index)
+    if not stacks or max(len(v) for v in stacks.values()) < 2:
+        raise ValueError("depth_ratio needs a stack of repeated blocks (modules named <stack>.0, <stack>.1, …)")
+    prefix = max(stacks, key=lambda k: len(stacks[k]))
+    blocks = sorted(stacks[prefix])
+    count = max(1, round(len(blocks) * ratio))
+    keep = {blocks[int(i)] for i in np.linspace(0, len(blocks) - 1, count).round()}
+    for index in (b for b in blocks if b not in keep):
+        nodes = set(members[(prefix, index)])
+        inputs = {i for n in nodes for i in n.all_input_nodes  # tensors only: sizes (SymInts) may come in too
+                  if i not in nodes and i.op != "get_attr" and isinstance(i.meta.get("val"), torch.Tensor)}
+        outputs = [n for n in nodes if any(u not in nodes for u in n.users)]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(f"block {prefix}.{index} does not map one tensor to one tensor; cannot drop it")
+        (source,), (result,) = inputs, outputs
+        if tuple(source.meta["val"].shape) != tuple(result.meta["val"].shape):
+            raise ValueError(f"block {prefix}.{index} changes the shape; cannot drop it")
+        result.replace_all_uses_with(source)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return f"kept blocks {sorted(keep)} of {prefix}.0–{blocks[-1]}"
+
+
+def derive_student(ctx: PassContext, params: DistillParams) -> Any:
+    """A narrower and/or shallower copy of the .pt2 teacher."""
     import torch
 
     from workers.passes.pruning.structured import StructuredPruneParams, prune
 
     student = torch.export.load(str(ctx.model_path)).module()
-    report = prune(student, StructuredPruneParams(ratio=1 - ratio, round_to=8, min_channels=8))
+    if params.depth_ratio is not None:
+        ctx.log("student derived: " + drop_blocks(student, params.depth_ratio))
+    if params.width_ratio is None:
+        return student
+    report = prune(student, StructuredPruneParams(ratio=1 - params.width_ratio, round_to=8, min_channels=8))
     if not report["groups"]:
         raise ValueError("the teacher has no channel group that structured pruning can narrow: "
                          + "; ".join(f"{', '.join(g['layers'])}: {g['reason']}" for g in report["left_alone"]))
@@ -138,7 +191,7 @@ def run(ctx: PassContext, params: DistillParams) -> PassResult:
         student_model = TorchModel(*ctx.models[params.student_model_id])
         student = student_model.module
     else:
-        student_model, student = None, derive_student(ctx, params.width_ratio)
+        student_model, student = None, derive_student(ctx, params)
     names = [s["name"] for s in ctx.inputs]
     arrays, labels = load_dataset(ctx.datasets["training"])
     soft = predict(teacher, names, arrays)
