@@ -6,6 +6,8 @@ never sent.
   several workers recover at once only one wins.
 - A queued job whose task was never sent (the broker was down when it was submitted: ``enqueued_at`` is null)
   is sent.
+- Queued jobs say why they wait: ``waiting_reason`` follows the live workers (a gpu job whose only gpu worker
+  died says so again; one whose worker came back says nothing).
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from datetime import timedelta
 from sqlalchemy import select, update
 
 from app.core.db import session_scope
+from app.core.queue import QUEUES
 from app.core.settings import get_settings
 from app.jobs import repository as jobs
 from app.jobs.service import dispatch
 from app.models import Job
 from app.models.base import utcnow
+from app.worker_registry import service as worker_registry
 
 log = logging.getLogger(__name__)
 UNSENT_GRACE_S = 5
@@ -30,6 +34,13 @@ UNSENT_GRACE_S = 5
 def recover_once() -> dict[str, int]:
     now = utcnow()
     counts = {"requeued": 0, "failed": 0, "resent": 0}
+    with session_scope() as session:
+        live = worker_registry.live(session)
+        for queue in QUEUES:
+            reason = worker_registry.waiting_reason(queue, live)
+            session.execute(update(Job).where(Job.state == "queued", Job.queue == queue,
+                                              Job.waiting_reason.is_distinct_from(reason))
+                            .values(waiting_reason=reason))
     with session_scope() as session:
         expired = list(session.scalars(select(Job).where(Job.state == "running", Job.lease_expires_at < now)))
         unsent = [tuple(row) for row in session.execute(select(Job.id, Job.queue).where(

@@ -46,3 +46,22 @@ def test_a_job_whose_task_was_never_sent_is_sent(client, uploaded_model, env):
     set_job(job_id, enqueued_at=None, created_at=utcnow() - timedelta(minutes=1))
     assert recover_once()["resent"] == 1
     assert job_row(job_id).enqueued_at is not None and len(broker_messages(env)) == 2
+
+
+def test_waiting_reasons_follow_the_live_workers(client, uploaded_model):
+    from tests.app.test_workers_api import beat
+    from workers.recovery import recover_once
+
+    beat("gpu-1", ["gpu"], ["quantize.dynamic"])
+    cuda = submit(client, uploaded_model["id"], target={"device": "cuda"}).json()["id"]
+    assert job_row(cuda).waiting_reason is None
+    from app.core.db import session_scope
+    from app.worker_registry import repository
+
+    with session_scope() as session:  # the gpu worker stops
+        repository.remove(session, "gpu-1")
+    recover_once()
+    assert job_row(cuda).waiting_reason.startswith("waiting for a gpu worker")
+    beat("gpu-2", ["gpu"], ["quantize.dynamic"])
+    recover_once()
+    assert job_row(cuda).waiting_reason is None
