@@ -6,11 +6,14 @@ was presumed dead), the write is refused and this runner stops without touching 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import threading
 import traceback
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,18 @@ EVAL_SAMPLES = 2048  # of the evaluation dataset used for fidelity and task metr
 STEPS_SHARE = 0.9  # of the progress bar; measuring original and result takes the rest
 EXTENSIONS = {"onnx": "onnx", "torchscript": "pt", "torch_export": "pt2", "aotinductor": "aoti.pt2",
               "openvino": "openvino.zip", "tensorrt": "engine"}
+
+
+@contextlib.contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    """Run inside ``path``: ONNX Runtime's quantizers save external-data files (``<uuid>.data``) to the current
+    directory, which would otherwise fill the worker's. Each job has its own process, so this is safe."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 class LeaseLost(Exception):
@@ -205,7 +220,8 @@ class JobRun:
                           dim_defaults=self.model["dim_defaults"], datasets=self.datasets, models=self.models,
                           progress=progress, is_cancelled=self.cancelled,
                           log=lambda message: self.log(f"step {index}: {message}"))
-        result = spec.run(ctx, params)
+        with working_directory(step_dir):  # libraries that write scratch files to the cwd write them here
+            result = spec.run(ctx, params)
         artifact = self._store_artifact(index, spec.name, result)
         step.update(status="succeeded", finished_at=utcnow().isoformat(),
                     metrics={**result.metrics, "artifact_id": artifact["id"], "size_bytes": artifact["size"]})

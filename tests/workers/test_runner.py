@@ -186,3 +186,32 @@ def test_regressions_on_latency_compare_the_same_runtime_only():
     assert "more than 10% above" in regressions(metrics(1.0), metrics(1.2), {}, "latency")[1][0]
     assert regressions(metrics(1.0, "torch"), metrics(5.0), {}, "latency")[1] == []
     assert "larger than" in regressions(metrics(1.0), metrics(1.0, size=101), {}, "size")[1][0]
+
+
+def test_passes_run_inside_their_own_directory(client, uploaded_model, monkeypatch, tmp_path):
+    import os
+    import shutil
+
+    from workers.passes import REGISTRY, PassResult, PassSpec
+    from workers.passes.quantization.dynamic import DynamicQuantizeParams
+
+    seen = {}
+
+    def scratch(ctx, params):  # what ONNX Runtime's quantizers do with large models: write to the cwd
+        seen["cwd"] = os.getcwd()
+        with open("3f6ddb98-scratch.data", "wb") as fh:
+            fh.write(b"x")
+        shutil.copy(ctx.model_path, ctx.work_dir / "model.onnx")
+        return PassResult(ctx.work_dir / "model.onnx", "onnx")
+
+    monkeypatch.setitem(REGISTRY, "test.scratch", PassSpec(name="test.scratch", description="writes to the cwd",
+                                                           accepts=("onnx",), produces="onnx",
+                                                           params=DynamicQuantizeParams, run=scratch))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    job_id = submit(client, uploaded_model["id"], [{"pass": "test.scratch"}]).json()["id"]
+    run(job_id)
+    assert client.get(f"/v1/jobs/{job_id}").json()["state"] == "succeeded"
+    assert seen["cwd"] != str(cwd) and os.getcwd() == str(cwd)
+    assert list(cwd.iterdir()) == [] and not os.path.exists(seen["cwd"])  # the job's folder is gone too
