@@ -29,10 +29,6 @@ class OpenVinoParams(PassParams):
     compress_weights_fp16: bool = Field(default=False, description="Store float weights as f16 in the IR.")
 
 
-def read_manifest(archive: zipfile.ZipFile) -> dict:
-    return json.loads(archive.read("tensorpress.json"))
-
-
 def run(ctx: PassContext, params: OpenVinoParams) -> PassResult:
     import numpy as np
     import openvino as ov
