@@ -243,3 +243,54 @@ def residual_mlp(seed: int = 0):
 
     torch.manual_seed(seed)
     return ResidualMLP().eval(), torch.randn(2, 64)
+
+
+def bert_like(vocab: int = 100, dim: int = 64, heads: int = 8, layers: int = 2, seed: int = 0):
+    """An encoder in Hugging Face BERT's shape: separate query/key/value projections viewed into heads, an
+    additive attention mask, output projection + residual + LayerNorm, GELU feed-forward. Token ids
+    [batch, 16] and a mask [batch, 16] → mean-pooled embeddings [batch, dim]."""
+    import torch
+    from torch import nn
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+            self.output, self.norm = nn.Linear(dim, dim), nn.LayerNorm(dim)
+
+        def split(self, x):
+            b, t, _ = x.shape
+            return x.view(b, t, heads, dim // heads).transpose(1, 2)
+
+        def forward(self, x, bias):
+            q, k, v = self.split(self.query(x)), self.split(self.key(x)), self.split(self.value(x))
+            scores = torch.matmul(q, k.transpose(-1, -2)) / (dim // heads) ** 0.5 + bias
+            context = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2)
+            b, t = context.shape[:2]
+            return self.norm(x + self.output(context.reshape(b, t, dim)))
+
+    class Layer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention = Attention()
+            self.up, self.down, self.norm = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim), nn.LayerNorm(dim)
+
+        def forward(self, x, bias):
+            x = self.attention(x, bias)
+            return self.norm(x + self.down(nn.functional.gelu(self.up(x))))
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(vocab, dim)
+            self.layers = nn.ModuleList(Layer() for _ in range(layers))
+
+        def forward(self, input_ids, attention_mask):
+            bias = (1.0 - attention_mask[:, None, None, :].float()) * -1e4
+            x = self.embed(input_ids)
+            for layer in self.layers:
+                x = layer(x, bias)
+            return x.mean(dim=1)
+
+    torch.manual_seed(seed)
+    return Encoder().eval(), (torch.randint(0, vocab, (2, 16)), torch.ones(2, 16, dtype=torch.int64))

@@ -79,7 +79,7 @@ def test_transformer_loses_ffn_neurons_and_keeps_its_heads(tmp_path):
                                                             "shape": ["batch", 16]}], ratio=0.3)
     assert sorted(g["layers"][0] for g in result.metrics["groups"]) == ["blocks.0.up", "blocks.1.up"]
     reasons = {g["layers"][0]: g["reason"] for g in result.metrics["left_alone"]}
-    assert "attention heads" in reasons["blocks.0.qkv"] and "residual" in reasons["blocks.0.down"]
+    assert "fused QKV" in reasons["blocks.0.qkv"] and "residual" in reasons["blocks.0.down"]
     assert pruned(torch.randint(0, 100, (4, 16))).shape == (4, 64)
     assert pruned.state_dict()["blocks.0.up.weight"].shape == (176, 64)
     assert result.metrics["macs_after"] < result.metrics["macs_before"]
@@ -105,3 +105,41 @@ def test_other_formats_are_refused_at_submission(client, uploaded_model, torchsc
         {"pass": "prune.structured", "params": {"ratio": 1.0, "norm": "l3"}}]}), 422)
     assert {tuple(e["loc"][:4]) for e in bad["errors"]} >= {("steps", 0, "params", "ratio"),
                                                             ("steps", 0, "params", "norm")}
+
+
+def test_attention_heads_are_removed_exactly(tmp_path):
+    import copy
+
+    model, (ids, mask) = factories.bert_like()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    path = tmp_path / "bert.pt2"
+    torch.export.save(torch.export.export(model, (ids, mask), dynamic_shapes=({0: batch}, {0: batch})), str(path))
+    work = tmp_path / "work"
+    work.mkdir()
+    inputs = [{"name": "input_ids", "dtype": "int64", "shape": ["batch", 16]},
+              {"name": "attention_mask", "dtype": "int64", "shape": ["batch", 16]}]
+    result = run(PassContext(model_path=path, model_format="torch_export", work_dir=work, inputs=inputs,
+                             target={"inputs": {"input_ids": {"low": 0, "high": 100}}}),
+                 StructuredPruneParams(ratio=0.5))
+    attention = [g for g in result.metrics["groups"] if "heads" in g]
+    assert [g["layers"] for g in attention] == [[f"layers.{i}.attention.{p}" for p in ("query", "key", "value")]
+                                                for i in range(2)]
+    assert all(g["heads"] == 8 and g["kept_heads"] == 4 and g["kept"] == 32 for g in attention)
+    pruned = torch.export.load(str(result.model_path)).module()
+    # The same as the original with the removed heads' values zeroed (and the FFN neurons removed likewise).
+    reference = copy.deepcopy(model)
+    state = pruned.state_dict()
+    with torch.no_grad():
+        for i, layer in enumerate(reference.layers):
+            for name, module in (("attention.value", layer.attention.value), ("up", layer.up)):
+                kept_rows = state[f"layers.{i}.{name}.weight"]
+                keep = [int((module.weight == row).all(1).nonzero()[0]) for row in kept_rows]
+                drop = [r for r in range(module.weight.shape[0]) if r not in keep]
+                module.weight[drop] = 0
+                module.bias[drop] = 0
+    tokens = torch.randint(0, 100, (5, 16))
+    attention_mask = torch.ones(5, 16, dtype=torch.int64)
+    attention_mask[:, 12:] = 0
+    with torch.no_grad():
+        assert torch.allclose(pruned(tokens, attention_mask), reference(tokens, attention_mask), atol=1e-4)
+    assert state["layers.0.attention.output.weight"].shape == (64, 32)

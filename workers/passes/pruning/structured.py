@@ -9,15 +9,20 @@ Works on torch.export programs (``.pt2``): it follows the channels of each *prod
   their ``groups`` patched), spatial means;
 - ``flatten``/``view`` from ``[N, C, H, W]`` to ``[N, C·H·W]``: each channel becomes ``H·W`` features;
 - ``cat`` along the channel axis: the consumer sees the concatenated channel sets;
-- element-wise ``add``/``sub``/``mul`` of two tracked tensors (residual connections): their producers are
-  *coupled* and pruned together, by their summed importance;
+- element-wise ``add``/``sub``/``mul``/``div`` of two tracked tensors (residual connections): their producers
+  are *coupled* and pruned together, by their summed importance; a scalar or a tensor broadcast along the
+  channels (an attention mask) passes;
 - consumed by the next convolution or linear layer, whose input weights are sliced to match.
+- **attention heads**: a linear output viewed as ``[…, heads, head size]`` is tracked by heads through
+  ``transpose``/``permute``, the two attention ``matmul``s (which couple query, key and value head by head)
+  and ``softmax`` over the keys, until it is viewed back as ``[…, heads·head size]`` for the output
+  projection; whole heads are removed (their q/k/v rows and the projection's columns) and both views are
+  patched. This is the Hugging Face BERT layout (separate query/key/value projections).
 
-A channel set that reaches anything else — a graph input or output, a reshape into attention heads, a
-matrix product, an operand it cannot match — is left alone, and the report says which op stopped it.
-Attention heads are therefore not removed; a transformer loses feed-forward neurons. TorchScript and ONNX
-are refused at submission: the rewrite needs the torch graph, and the result must stay trainable
-(``train.finetune`` after it). The pruned module is re-exported with the input's dynamic dimensions and
+A channel set that reaches anything else — a graph input or output, a fused QKV projection split into
+heads, a matrix product over the channels, an operand it cannot match — is left alone, and the report says
+which op stopped it. TorchScript and ONNX are refused at submission: the rewrite needs the torch graph, and
+the result must stay trainable (``train.finetune`` after it). The pruned module is re-exported with the input's dynamic dimensions and
 saved as a new ``.pt2`` that loads and runs from its file alone.
 """
 
@@ -43,7 +48,7 @@ class StructuredPruneParams(PassParams):
 UNARY = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardtanh", "hardswish", "leaky_relu", "elu",
          "dropout", "clone", "contiguous", "alias", "detach", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
          "max_pool1d", "avg_pool1d", "hardsigmoid", "relu6", "mish"}
-BINARY = {"add", "sub", "mul"}
+BINARY = {"add", "sub", "mul", "div"}
 
 
 @dataclass
@@ -54,6 +59,7 @@ class Space:
     producers: list[tuple[str, str | None]] = field(default_factory=list)  # (weight attr, bias attr)
     parent: int | None = None
     frozen: str | None = None
+    unit: int = 1  # channels pruned together: the head size once the channels are viewed as attention heads
 
 
 class Tracker:
@@ -73,8 +79,19 @@ class Tracker:
     def union(self, a: int, b: int) -> None:
         ra, rb = self.root(a), self.root(b)
         if ra != rb:
-            self.spaces[rb].parent = ra
-            self.spaces[ra].frozen = self.spaces[ra].frozen or self.spaces[rb].frozen
+            first, second = self.spaces[ra], self.spaces[rb]
+            second.parent = ra
+            first.frozen = first.frozen or second.frozen
+            if first.unit != second.unit:
+                if 1 not in (first.unit, second.unit):
+                    first.frozen = first.frozen or "coupled layers split into heads of different sizes"
+                first.unit = max(first.unit, second.unit)
+
+    def set_unit(self, space: int, unit: int) -> None:
+        root = self.spaces[self.root(space)]
+        if root.unit not in (1, unit):
+            root.frozen = root.frozen or "split into heads of different sizes"
+        root.unit = unit
 
     def freeze(self, layout, reason: str) -> None:
         if layout is None:
@@ -99,7 +116,9 @@ def analyse(gm: Any) -> tuple[Tracker, list[tuple[Any, int, Any]]]:
 
     tracker = Tracker()
     layouts: dict[Any, tuple[int, tuple] | None] = {}
-    patches: list[tuple[Any, int, Any]] = []  # (node, arg index, layout) patched with the kept channel count
+    # (node, arg index, index in a list argument or None, layout, divisor): the argument becomes the number of
+    # kept channels in ``layout`` divided by ``divisor`` (the head size for a view into heads)
+    patches: list[tuple[Any, int, int | None, Any, int]] = []
     attr = {n: n.target for n in gm.graph.nodes if n.op == "get_attr"}
 
     def lay(arg):
@@ -123,7 +142,7 @@ def analyse(gm: Any) -> tuple[Tracker, list[tuple[Any, int, Any]]]:
                 out = (1, ((tracker.new(channels, weight, bias), 1),))
             elif x is not None and groups == channels == sum(tracker.spaces[s].size * b for s, b in x[1]):
                 tracker.slices += [(weight, 0, x[1])] + ([(bias, 0, x[1])] if bias else [])
-                patches.append((node, 6, x))
+                patches.append((node, 6, None, x, 1))
                 out = x
             else:
                 tracker.freeze(x, f"grouped conv2d (groups={groups})")
@@ -145,7 +164,7 @@ def analyse(gm: Any) -> tuple[Tracker, list[tuple[Any, int, Any]]]:
         elif op == "layer_norm" and x is not None:
             if x[0] == len(_shape(args[0])) - 1 and len(args[1]) == 1:
                 tracker.slices += [(attr[a], 0, x[1]) for a in args[2:4] if a in attr]
-                patches.append((node, 1, x))
+                patches.append((node, 1, 0, x, 1))
                 out = x
             else:
                 tracker.freeze(x, "layer_norm over more than the channel axis")
@@ -153,15 +172,51 @@ def analyse(gm: Any) -> tuple[Tracker, list[tuple[Any, int, Any]]]:
             out = x
         elif op in ("flatten", "view", "reshape", "_unsafe_view") and x is not None:
             shape_in, shape_out = _shape(args[0]), _shape(node)
-            flat = (len(shape_in) == 4 and x[0] == 1 and len(shape_out) == 2
+            flat = (len(shape_in) == 4 and x[0] == 1 and len(shape_out) == 2 and len(x) == 2
                     and (op != "flatten" or (args[1] == 1 and (len(args) < 3 or args[2] in (-1, 3)))))
+            split = (op != "flatten" and len(x) == 2 and len(x[1]) == 1 and x[0] == len(shape_in) - 1
+                     and len(shape_out) == len(shape_in) + 1 and shape_out[:-2] == shape_in[:-1]
+                     and shape_out[-2] * shape_out[-1] == shape_in[-1] > 0)
+            merge = (op != "flatten" and len(x) == 3 and x[0] == len(shape_in) - 2
+                     and len(shape_out) == len(shape_in) - 1 and shape_out[:-1] == shape_in[:-2]
+                     and shape_out[-1] == shape_in[-2] * shape_in[-1] > 0)
             if flat:
                 block = shape_in[2] * shape_in[3]
                 out = (1, tuple((s, b * block) for s, b in x[1]))
                 if op != "flatten" and isinstance(args[1][1], int) and args[1][1] != -1:
-                    patches.append((node, 1, out))
+                    patches.append((node, 1, 1, out, 1))
+            elif split and isinstance(args[1][-2], int):  # [..., D] → [..., heads, head size]
+                tracker.set_unit(x[1][0][0], shape_out[-1])
+                out = (len(shape_out) - 2, x[1], shape_out[-1])
+                patches.append((node, 1, len(shape_out) - 2, x, shape_out[-1]))
+            elif merge and isinstance(args[1][-1], int):  # [..., heads, head size] → [..., D]
+                out = (len(shape_out) - 1, x[1])
+                patches.append((node, 1, len(shape_out) - 1, out, 1))
             else:
-                tracker.freeze(x, f"{op} that reshapes the channels (e.g. into attention heads)")
+                tracker.freeze(x, f"{op} that reshapes the channels in a way not handled (e.g. a fused QKV "
+                                  "projection split into heads)")
+        elif op == "transpose" and x is not None:
+            rank = len(_shape(args[0]))
+            first, second = args[1] % rank, args[2] % rank
+            axis = second if x[0] == first else first if x[0] == second else x[0]
+            out = (axis, *x[1:])
+        elif op == "permute" and x is not None:
+            out = ([d % len(args[1]) for d in args[1]].index(x[0]), *x[1:])
+        elif op == "matmul" and inputs:
+            a, b = lay(args[0]), lay(args[1])
+            rank = len(_shape(node))
+            if (a is not None and b is not None and len(a) == len(b) == 3 and a[0] == b[0] < rank - 2
+                    and a[2] == b[2]):
+                tracker.union(a[1][0][0], b[1][0][0])  # attention: head h of one side meets head h of the other
+                out = a
+            else:
+                for tracked in (a, b):
+                    tracker.freeze(tracked, "matmul over the channels")
+        elif op in ("softmax", "_softmax", "log_softmax") and x is not None:
+            if args[1] % len(_shape(args[0])) != x[0]:
+                out = x
+            else:
+                tracker.freeze(x, "softmax over the channels")
         elif op == "mean" and x is not None and x[0] == 1 and not (len(args) > 2 and args[2]):
             dims = {d % len(_shape(args[0])) for d in args[1]}
             out = x if dims <= {2, 3} else None
@@ -174,8 +229,9 @@ def analyse(gm: Any) -> tuple[Tracker, list[tuple[Any, int, Any]]]:
                 for (sa, _), (sb, _) in zip(a[1], b[1], strict=True):
                     tracker.union(sa, sb)
                 out = a
-            elif a is not None and not isinstance(args[1], torch.fx.Node):
-                out = a  # a scalar operand
+            elif (a is None) != (b is None) and _broadcasts(node, args[1] if a is not None else args[0],
+                                                            (a or b)[0]):
+                out = a or b  # a scalar, or a tensor of size 1 along the channels (an attention mask)
             else:
                 for tracked in (a, b):
                     tracker.freeze(tracked, f"{op} with a tensor whose channels are not tracked (residual from "
@@ -195,6 +251,17 @@ def analyse(gm: Any) -> tuple[Tracker, list[tuple[Any, int, Any]]]:
                 tracker.freeze(layouts[tracked], reason)
         layouts[node] = out
     return tracker, patches
+
+
+def _broadcasts(node: Any, other: Any, axis: int) -> bool:
+    """Whether ``other`` (a scalar or a tensor) is broadcast along ``axis`` of ``node``'s output."""
+    import torch
+
+    if not isinstance(other, torch.fx.Node):
+        return True
+    shape, rank = _shape(other), len(_shape(node))
+    from_right = rank - axis
+    return len(shape) < from_right or shape[-from_right] == 1
 
 
 def _keep_count(size: int, params: StructuredPruneParams) -> int:
@@ -238,6 +305,18 @@ def prune(gm: Any, params: StructuredPruneParams) -> dict[str, Any]:
         for weight, _ in producers:
             w = tensors[weight].detach().reshape(size, -1)
             importance += w.abs().sum(1) if params.norm == "l1" else w.pow(2).sum(1).sqrt()
+        unit = tracker.spaces[root].unit
+        if unit > 1:  # whole attention heads: score them by the sum over their channels
+            heads = size // unit
+            keep_heads = max(1, int(heads * (1 - params.ratio)))
+            if keep_heads >= heads:
+                left_alone.append({"layers": names, "channels": size, "reason": f"{heads} heads: none to remove"})
+                continue
+            best = torch.sort(torch.topk(importance.reshape(heads, unit).sum(1), keep_heads).indices).values
+            kept[root] = (best[:, None] * unit + torch.arange(unit)[None, :]).reshape(-1)
+            report_groups.append({"layers": names, "channels": size, "kept": keep_heads * unit,
+                                  "coupled": len(producers) > 1, "heads": heads, "kept_heads": keep_heads})
+            continue
         count = _keep_count(size, params)
         if count >= size:
             left_alone.append({"layers": names, "channels": size, "reason": f"rounding to {params.round_to}"})
@@ -259,16 +338,14 @@ def prune(gm: Any, params: StructuredPruneParams) -> dict[str, Any]:
         else:
             owner.register_buffer(leaf, new)
         tensors[name] = getattr(owner, leaf)
-    for node, position, layout in patches:
+    for node, position, item, layout, divisor in patches:
         if any(tracker.root(s) in kept for s, _ in layout[1]):
-            count = len(_indices(layout[1], tracker, kept))
+            count = len(_indices(layout[1], tracker, kept)) // divisor
             args = list(node.args)
-            if _op(node) == "conv2d":
+            if item is None:
                 args[position] = count
-            elif _op(node) == "layer_norm":
-                args[position] = [count]
             else:
-                args[position] = [args[position][0], count]
+                args[position] = [*args[position][:item], count, *args[position][item + 1:]]
             node.args = tuple(args)
     gm.recompile()
     return {"groups": report_groups, "left_alone": left_alone}
