@@ -140,6 +140,15 @@ def materialize(path: Path, storage_key: str, dest: Path, limits: ArchiveLimits 
     return onnx_model_file(dest)
 
 
+def load_program(path: Path):
+    """A user's torch.export program: its payloads checked first, loaded with unpickling refused."""
+    import torch
+
+    check_pt2(path)
+    force_weights_only()
+    return torch.export.load(str(path))
+
+
 def load_torch(path: Path, fmt: str, device: str = "cpu"):
     """A callable torch module for a TorchScript file or a .pt2 program, in eval mode on ``device``."""
     import torch
@@ -150,8 +159,7 @@ def load_torch(path: Path, fmt: str, device: str = "cpu"):
         module.eval()
         return module
     if fmt == "torch_export":
-        check_pt2(path)
-        program = torch.export.load(str(path))
+        program = load_program(path)
         if device != "cpu":
             program = torch.export.passes.move_to_device_pass(program, device)
         return program.module()

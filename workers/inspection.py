@@ -145,12 +145,11 @@ def inspect_torchscript(path: Path, declared: list[dict[str, Any]] | None) -> di
 def inspect_torch_export(path: Path) -> dict[str, Any]:
     import torch
 
-    from workers.formats import force_weights_only
+    from workers.formats import load_program
 
-    check_pt2(path)
-    force_weights_only()
+    check_pt2(path)  # outside the try: its refusals are our own, with their own status
     try:
-        program = torch.export.load(str(path))
+        program = load_program(path)
     except Exception as exc:
         raise FormatRefused(422, f"torch.export.load failed: {str(exc).splitlines()[0][:300]}") from exc
     signature = program.graph_signature

@@ -18,7 +18,7 @@ class TorchModel:
     def __init__(self, path: Path, fmt: str) -> None:
         import torch
 
-        from workers.formats import check_pt2, force_weights_only
+        from workers.formats import force_weights_only, load_program
 
         force_weights_only()
         self.format = fmt
@@ -26,8 +26,7 @@ class TorchModel:
             self.module = torch.jit.load(str(path), map_location="cpu")
             self.program = None
         elif fmt == "torch_export":
-            check_pt2(path)
-            self.program = torch.export.load(str(path))
+            self.program = load_program(path)
             self.module = self.program.module()
         else:
             raise ValueError(f"{fmt} is not a torch format")

@@ -112,11 +112,10 @@ def drop_blocks(gm: Any, ratio: float) -> str:
 
 def derive_student(ctx: PassContext, params: DistillParams) -> Any:
     """A narrower and/or shallower copy of the .pt2 teacher."""
-    import torch
-
+    from workers.formats import load_program
     from workers.passes.pruning.structured import StructuredPruneParams, prune
 
-    student = torch.export.load(str(ctx.model_path)).module()
+    student = load_program(ctx.model_path).module()
     if params.depth_ratio is not None:
         ctx.log("student derived: " + drop_blocks(student, params.depth_ratio))
     if params.width_ratio is None:

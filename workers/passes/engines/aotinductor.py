@@ -70,12 +70,10 @@ def run(ctx: PassContext, params: AotInductorParams) -> PassResult:
     import torch
 
     from workers.evaluation import generate_inputs
-    from workers.formats import check_pt2, force_weights_only
+    from workers.formats import load_program
     from workers.passes.torch_models import reexport
 
-    force_weights_only()
-    check_pt2(ctx.model_path)
-    program = torch.export.load(str(ctx.model_path))
+    program = load_program(ctx.model_path)
     device = "cuda" if ctx.device == "cuda" else "cpu"
     if device == "cuda":
         program = torch.export.passes.move_to_device_pass(program, "cuda")

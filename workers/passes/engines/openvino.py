@@ -38,13 +38,9 @@ def run(ctx: PassContext, params: OpenVinoParams) -> PassResult:
     if ctx.model_format == "onnx":
         model = ov.convert_model(str(ctx.model_path))
     else:
-        import torch
+        from workers.formats import load_program
 
-        from workers.formats import check_pt2, force_weights_only
-
-        force_weights_only()
-        check_pt2(ctx.model_path)
-        model = ov.convert_model(torch.export.load(str(ctx.model_path)))
+        model = ov.convert_model(load_program(ctx.model_path))
     if params.int8:
         import nncf
 

@@ -31,9 +31,8 @@ def run(ctx: PassContext, params: OnnxExportParams) -> PassResult:
     import torch
 
     from workers.evaluation import generate_inputs
-    from workers.formats import check_pt2, force_weights_only, load_torch
+    from workers.formats import load_program, load_torch
 
-    force_weights_only()
     feeds = generate_inputs(ctx.inputs, 2, ctx.target.get("inputs", {}), seed=0, dim_defaults=ctx.dim_defaults)
     args = tuple(torch.from_numpy(feeds[s["name"]]) for s in ctx.inputs)
     in_names = [s["name"] for s in ctx.inputs]
@@ -47,8 +46,7 @@ def run(ctx: PassContext, params: OnnxExportParams) -> PassResult:
                           dynamic_axes=axes, opset_version=params.opset, dynamo=False, do_constant_folding=True)
         exporter = "torchscript"
     else:
-        check_pt2(ctx.model_path)
-        program = torch.export.load(str(ctx.model_path))
+        program = load_program(ctx.model_path)
         module = program.module()
         onnx_program = torch.onnx.export(program, args, input_names=in_names, output_names=out_names,
                                          dynamo=True, opset_version=params.opset, verbose=False)

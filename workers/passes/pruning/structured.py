@@ -22,8 +22,8 @@ Works on torch.export programs (``.pt2``): it follows the channels of each *prod
 A channel set that reaches anything else — a graph input or output, a fused QKV projection split into
 heads, a matrix product over the channels, an operand it cannot match — is left alone, and the report says
 which op stopped it. TorchScript and ONNX are refused at submission: the rewrite needs the torch graph, and
-the result must stay trainable (``train.finetune`` after it). The pruned module is re-exported with the input's dynamic dimensions and
-saved as a new ``.pt2`` that loads and runs from its file alone.
+the result must stay trainable (``train.finetune`` after it). The pruned module is re-exported with the
+input's dynamic dimensions and saved as a new ``.pt2`` that loads and runs from its file alone.
 """
 
 from __future__ import annotations
@@ -366,12 +366,10 @@ def run(ctx: PassContext, params: StructuredPruneParams) -> PassResult:
     import torch
 
     from workers.evaluation import generate_inputs
-    from workers.formats import check_pt2, force_weights_only
+    from workers.formats import load_program
     from workers.passes.torch_models import reexport
 
-    force_weights_only()
-    check_pt2(ctx.model_path)
-    program = torch.export.load(str(ctx.model_path))
+    program = load_program(ctx.model_path)
     gm = program.module()
     bounds = ctx.target.get("inputs", {})
     one = tuple(torch.from_numpy(v) for v in generate_inputs(ctx.inputs, 1, bounds, dim_defaults=ctx.dim_defaults)
