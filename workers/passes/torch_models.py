@@ -58,9 +58,7 @@ def reexport(module: Any, ctx: Any) -> Any:
     """``torch.export`` a rewritten module again, with the dynamic dimensions of the job model's inputs."""
     import torch
 
-    from workers.evaluation import generate_inputs
-
-    feeds = generate_inputs(ctx.inputs, 2, ctx.target.get("inputs", {}), dim_defaults=ctx.dim_defaults)
+    feeds = ctx.example_inputs(2)
     example = tuple(torch.from_numpy(feeds[s["name"]]) for s in ctx.inputs)
     dynamic = tuple({i: torch.export.Dim.AUTO for i, d in enumerate(s["shape"]) if isinstance(d, str)}
                     for s in ctx.inputs)

@@ -69,7 +69,6 @@ def run(ctx: PassContext, params: AotInductorParams) -> PassResult:
     import numpy as np
     import torch
 
-    from workers.evaluation import generate_inputs
     from workers.formats import load_program
     from workers.passes.torch_models import reexport
 
@@ -77,7 +76,7 @@ def run(ctx: PassContext, params: AotInductorParams) -> PassResult:
     device = "cuda" if ctx.device == "cuda" else "cpu"
     if device == "cuda":
         program = torch.export.passes.move_to_device_pass(program, "cuda")
-    feeds = generate_inputs(ctx.inputs, 2, ctx.target.get("inputs", {}), dim_defaults=ctx.dim_defaults)
+    feeds = ctx.example_inputs(2)
     args = tuple(torch.from_numpy(feeds[s["name"]]) for s in ctx.inputs)
     module = program.module()
     if folded := fold_batch_norms(module):

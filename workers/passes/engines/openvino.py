@@ -30,10 +30,9 @@ class OpenVinoParams(PassParams):
 
 
 def run(ctx: PassContext, params: OpenVinoParams) -> PassResult:
-    import numpy as np
     import openvino as ov
 
-    from workers.evaluation import generate_inputs, ov_precision
+    from workers.evaluation import ov_precision
 
     if ctx.model_format == "onnx":
         model = ov.convert_model(str(ctx.model_path))
@@ -44,8 +43,7 @@ def run(ctx: PassContext, params: OpenVinoParams) -> PassResult:
     if params.int8:
         import nncf
 
-        with np.load(ctx.datasets["calibration"], allow_pickle=False) as data:
-            arrays = {s["name"]: data[s["name"]][: params.calibration_samples] for s in ctx.inputs}
+        arrays = ctx.dataset_inputs("calibration", params.calibration_samples)
         samples = len(next(iter(arrays.values())))
         dataset = nncf.Dataset(range(samples), lambda i: {n: a[i:i + 1] for n, a in arrays.items()})
         ops = {op.get_type_name() for op in model.get_ops()}
@@ -60,7 +58,7 @@ def run(ctx: PassContext, params: OpenVinoParams) -> PassResult:
     config = {} if params.precision == "default" else {"INFERENCE_PRECISION_HINT": params.precision}
     compiled = core.compile_model(str(folder / "model.xml"), "CPU", config)
     resolved = ov_precision(compiled)
-    feeds = generate_inputs(ctx.inputs, 1, ctx.target.get("inputs", {}), dim_defaults=ctx.dim_defaults)
+    feeds = ctx.example_inputs(1)
     compiled(list(feeds.values()))
     manifest = {"precision": params.precision, "resolved_precision": resolved, "int8": params.int8,
                 "openvino": ov.__version__, "device": "CPU", "cpu": core.get_property("CPU", "FULL_DEVICE_NAME")}

@@ -81,7 +81,6 @@ class EntropyCalibrator:
 
 
 def run(ctx: PassContext, params: TensorRtParams) -> PassResult:
-    import numpy as np
     import tensorrt as trt
     import torch
 
@@ -113,8 +112,7 @@ def run(ctx: PassContext, params: TensorRtParams) -> PassResult:
         if not qdq:  # implicit quantization: ranges from an entropy calibrator, run at the profile's max batch
             if "calibration" not in ctx.datasets:
                 raise ValueError("int8 needs a QDQ model (quantize.static) or a calibration dataset")
-            with np.load(ctx.datasets["calibration"], allow_pickle=False) as data:
-                arrays = {s["name"]: data[s["name"]][: params.calibration_samples] for s in ctx.inputs}
+            arrays = ctx.dataset_inputs("calibration", params.calibration_samples)
             config.set_calibration_profile(profile)
             config.int8_calibrator = EntropyCalibrator(arrays, batches[-1], ctx.work_dir / "calibration.cache")
     gpu = torch.cuda.get_device_name(0)

@@ -30,10 +30,9 @@ def run(ctx: PassContext, params: OnnxExportParams) -> PassResult:
     import onnxruntime
     import torch
 
-    from workers.evaluation import generate_inputs
     from workers.formats import load_program, load_torch
 
-    feeds = generate_inputs(ctx.inputs, 2, ctx.target.get("inputs", {}), seed=0, dim_defaults=ctx.dim_defaults)
+    feeds = ctx.example_inputs(2)
     args = tuple(torch.from_numpy(feeds[s["name"]]) for s in ctx.inputs)
     in_names = [s["name"] for s in ctx.inputs]
     out_names = [s["name"] for s in ctx.outputs]

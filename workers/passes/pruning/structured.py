@@ -365,15 +365,11 @@ def macs(module: Any, args: tuple) -> int:
 def run(ctx: PassContext, params: StructuredPruneParams) -> PassResult:
     import torch
 
-    from workers.evaluation import generate_inputs
     from workers.formats import load_program
     from workers.passes.torch_models import reexport
 
-    program = load_program(ctx.model_path)
-    gm = program.module()
-    bounds = ctx.target.get("inputs", {})
-    one = tuple(torch.from_numpy(v) for v in generate_inputs(ctx.inputs, 1, bounds, dim_defaults=ctx.dim_defaults)
-                .values())
+    gm = load_program(ctx.model_path).module()
+    one = tuple(torch.from_numpy(v) for v in ctx.example_inputs(1).values())
     params_before = sum(p.numel() for p in gm.parameters())
     macs_before = macs(gm, one)
     report = prune(gm, params)

@@ -53,10 +53,7 @@ class NpzCalibration:
     """An ``onnxruntime.quantization.CalibrationDataReader`` over an .npz, cancellable between batches."""
 
     def __init__(self, ctx: PassContext, params: StaticQuantizeParams) -> None:
-        import numpy as np
-
-        with np.load(ctx.datasets["calibration"], allow_pickle=False) as data:
-            self.arrays = {s["name"]: data[s["name"]][: params.calibration_samples] for s in ctx.inputs}
+        self.arrays = ctx.dataset_inputs("calibration", params.calibration_samples)
         first = ctx.inputs[0]["shape"][0] if ctx.inputs and ctx.inputs[0]["shape"] else None
         self.batch = first if isinstance(first, int) and first > 0 else params.calibration_batch_size
         self.samples = len(next(iter(self.arrays.values())))
