@@ -313,6 +313,12 @@ def fidelity(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[s
             "max_abs_error": max_abs, "top1_agreement": top1}
 
 
+def max_relative_error(expected: list[np.ndarray], got: list[np.ndarray]) -> float:
+    """Largest |expected − got| / max(1, |expected|) over all outputs: how a rewrite is checked against its
+    source before it is accepted."""
+    return max(float(np.max(np.abs(e - g) / np.maximum(1.0, np.abs(e)))) for e, g in zip(expected, got, strict=True))
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:

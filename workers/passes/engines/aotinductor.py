@@ -66,9 +66,9 @@ def _attr(gm, target: str):
 
 
 def run(ctx: PassContext, params: AotInductorParams) -> PassResult:
-    import numpy as np
     import torch
 
+    from workers.evaluation import max_relative_error
     from workers.formats import load_program
     from workers.passes.torch_models import reexport
 
@@ -93,10 +93,10 @@ def run(ctx: PassContext, params: AotInductorParams) -> PassResult:
     with torch.no_grad():
         expected = reference.module()(*args)
         got = compiled(*args)
-    expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
-    got = [got] if isinstance(got, torch.Tensor) else list(got)
-    error = max(float(np.max(np.abs(e.cpu().numpy() - g.cpu().numpy()) / np.maximum(1.0, np.abs(e.cpu().numpy()))))
-                for e, g in zip(expected, got, strict=True))
+    def arrays(result):
+        return [t.cpu().numpy() for t in ([result] if isinstance(result, torch.Tensor) else result)]
+
+    error = max_relative_error(arrays(expected), arrays(got))
     if error > params.tolerance:
         raise ValueError(f"the compiled package disagrees with the program: relative error {error:.3g}")
     ctx.log(f"compiled for {device}; reloaded and checked, max relative error {error:.2e}")

@@ -25,11 +25,11 @@ class OnnxExportParams(PassParams):
 
 
 def run(ctx: PassContext, params: OnnxExportParams) -> PassResult:
-    import numpy as np
     import onnx
     import onnxruntime
     import torch
 
+    from workers.evaluation import max_relative_error
     from workers.formats import load_program, load_torch
 
     feeds = ctx.example_inputs(2)
@@ -61,7 +61,7 @@ def run(ctx: PassContext, params: OnnxExportParams) -> PassResult:
     expected = [t.detach().numpy() for t in ([result] if isinstance(result, torch.Tensor) else result)]
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = session.run(None, {k: v for k, v in feeds.items() if k in in_names})
-    error = max(float(np.max(np.abs(e - g) / np.maximum(1.0, np.abs(e)))) for e, g in zip(expected, got, strict=True))
+    error = max_relative_error(expected, got)
     if error > params.tolerance:
         raise ValueError(f"the exported model disagrees with torch: relative error {error:.3g} > {params.tolerance}")
     ctx.log(f"exported with the {exporter} exporter at opset {params.opset}; verified, max relative error "
