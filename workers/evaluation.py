@@ -227,16 +227,23 @@ def load_runner(path: Path, fmt: str, threads: int, specs: list[dict[str, Any]],
     raise ValueError(f"cannot measure {fmt} models")
 
 
-def count_parameters(path: Path, runner: Runner) -> tuple[int, int]:
-    """(parameters, non-zero parameters): ONNX initializers, or a torch module's parameters."""
+def size_and_parameters(path: Path, runner: Runner) -> tuple[int, int, int]:
+    """(bytes on disk, parameters, non-zero parameters). ONNX: the file plus the external-data files it refers
+    to, and its initializers — from one parse of the graph; otherwise the runner's parameters."""
+    size = path.stat().st_size
     if not isinstance(runner, OnnxRunner):
         tensors = runner.parameters()
     else:
         import onnx
         from onnx import numpy_helper
 
-        tensors = [numpy_helper.to_array(t, base_dir=str(path.parent)) for t in onnx.load(str(path)).graph.initializer]
-    return sum(t.size for t in tensors), sum(int(np.count_nonzero(t)) for t in tensors)
+        model = onnx.load(str(path), load_external_data=False)
+        initializers = model.graph.initializer
+        locations = {e.value for t in initializers if t.data_location == onnx.TensorProto.EXTERNAL
+                     for e in t.external_data if e.key == "location"}
+        size += sum((path.parent / location).stat().st_size for location in locations)
+        tensors = [numpy_helper.to_array(t, base_dir=str(path.parent)) for t in initializers]
+    return size, sum(t.size for t in tensors), sum(int(np.count_nonzero(t)) for t in tensors)
 
 
 def load_dataset(path: Path, limit: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -331,25 +338,12 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cpu_count": os.cpu_count()}
 
 
-def model_size(path: Path, fmt: str) -> int:
-    """Bytes of the model file plus the external-data files an ONNX model refers to."""
-    size = path.stat().st_size
-    if fmt == "onnx":  # plus the external-data files it refers to
-        import onnx
-
-        model = onnx.load(str(path), load_external_data=False)
-        locations = {e.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-                     for e in t.external_data if e.key == "location"}
-        size += sum((path.parent / loc).stat().st_size for loc in locations)
-    return size
-
-
 def measure(path: Path, fmt: str, specs: list[dict[str, Any]], target: dict[str, Any], *, threads: int,
             iterations: int, eval_feeds: dict[str, np.ndarray], labels: np.ndarray | None = None,
             dim_defaults: dict[str, int] | None = None) -> tuple[dict, list[np.ndarray]]:
     """Metrics of one model, plus its outputs on ``eval_feeds`` (for comparing with another model)."""
     runner = load_runner(path, fmt, threads, specs, target.get("device", "cpu"))
-    parameters, nonzero = count_parameters(path, runner)
+    size, parameters, nonzero = size_and_parameters(path, runner)
     bounds = target.get("inputs", {})
     latency_ms, throughput = {}, {}
     for batch in target.get("batch_sizes", [1]):
@@ -358,7 +352,7 @@ def measure(path: Path, fmt: str, specs: list[dict[str, Any]], target: dict[str,
         throughput[str(batch)] = round(batch * 1000 / stats["mean"], 2)
     outputs = predict(runner, specs, eval_feeds)
     metrics = {
-        "size_bytes": model_size(path, fmt), "parameters": parameters, "nonzero_parameters": nonzero,
+        "size_bytes": size, "parameters": parameters, "nonzero_parameters": nonzero,
         "latency_ms": latency_ms, "throughput": throughput, "peak_memory_bytes": None,
         **task_metrics(outputs, labels),
         "conditions": {**runner.conditions, "iterations": iterations, "warmup": WARMUP, **machine()},
