@@ -100,6 +100,7 @@ def env(tmp_path: Path, database_url: str, monkeypatch) -> Iterator[Path]:
     monkeypatch.setenv("TENSORPRESS_DATABASE_URL", database_url)
     monkeypatch.setenv("TENSORPRESS_BROKER_URL", "filesystem://")
     monkeypatch.setenv("TENSORPRESS_BENCH_ITERATIONS", "10")
+    monkeypatch.setenv("TENSORPRESS_BENCH_MIN_TIME_S", "0")
     monkeypatch.delenv("TENSORPRESS_STORAGE_URL", raising=False)
     reset_caches()
     yield data_dir

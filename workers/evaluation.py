@@ -10,18 +10,19 @@ job has one, generated inputs otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-WARMUP = 5
 ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
-MAX_TIMED_S = 10.0
 
 
 def generate_inputs(specs: list[dict[str, Any]], batch: int, bounds: dict[str, dict[str, Any]],
@@ -267,14 +268,21 @@ def predict(runner: Runner, specs: list[dict[str, Any]], arrays: dict[str, np.nd
     return [np.concatenate(parts) for parts in zip(*outputs, strict=True)]
 
 
+LOWER_IS_BETTER = ("mse", "mae", "max_abs_error")
+IMBALANCE_RATIO = 3.0  # largest class ≥ this × the smallest: the budget defaults to macro F1, not accuracy
+
+
 def task_metrics(outputs: list[np.ndarray], labels: np.ndarray | None) -> dict[str, float]:
-    """Accuracy (and top-5) for class ids against [N, classes] outputs; MSE/MAE for float targets."""
+    """Against labels: accuracy, top-5 and macro F1 for class ids and [N, classes] outputs; MSE and MAE for
+    float targets of the output's size."""
     if labels is None:
         return {}
     out = outputs[0]
     labels = labels[: len(out)]
     if labels.dtype.kind in "iu" and out.ndim == 2 and labels.ndim == 1:
-        metrics = {"accuracy": round(float(np.mean(np.argmax(out, axis=1) == labels)), 6)}
+        predicted = np.argmax(out, axis=1)
+        metrics = {"accuracy": round(float(np.mean(predicted == labels)), 6),
+                   "f1_macro": round(f1_macro(labels, predicted), 6)}
         if out.shape[1] > 5:
             top5 = np.argsort(out, axis=1)[:, -5:]
             metrics["top5_accuracy"] = round(float(np.mean(np.any(top5 == labels[:, None], axis=1))), 6)
@@ -285,18 +293,113 @@ def task_metrics(outputs: list[np.ndarray], labels: np.ndarray | None) -> dict[s
     return {}
 
 
-def latency(runner: Runner, feeds: dict[str, np.ndarray], iterations: int) -> dict[str, float]:
-    for _ in range(WARMUP):
-        runner(feeds)
+def f1_macro(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """Unweighted mean of per-class F1 over the classes present in the labels (a class never predicted
+    correctly scores 0), so a rare class counts as much as a common one."""
+    scores = []
+    for cls in np.unique(labels):
+        true_pos = np.sum((predicted == cls) & (labels == cls))
+        scores.append(2 * true_pos / (np.sum(predicted == cls) + np.sum(labels == cls)))
+    return float(np.mean(scores))
+
+
+def imbalanced(labels: np.ndarray | None) -> bool:
+    if labels is None or labels.dtype.kind not in "iu" or labels.ndim != 1:
+        return False
+    counts = np.unique(labels, return_counts=True)[1]
+    return len(counts) > 1 and counts.max() >= IMBALANCE_RATIO * counts.min()
+
+
+def budget_metric(requested: str | None, result: dict[str, Any], labels: np.ndarray | None) -> str:
+    """The metric ``max_accuracy_drop`` applies to: the one asked for; else macro F1 for imbalanced class
+    labels, accuracy for balanced ones, MSE for float targets; without labels top-1 agreement for
+    classifier-like outputs, cosine otherwise (DESIGN.md)."""
+    if requested:
+        return requested
+    if "accuracy" in result:
+        return "f1_macro" if imbalanced(labels) else "accuracy"
+    if "mse" in result:
+        return "mse"
+    return "top1_agreement" if result.get("fidelity", {}).get("top1_agreement") is not None else "cosine"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How latency is sampled: ``warmup`` untimed runs, then timed runs until there are at least
+    ``min_iterations`` *and* ``min_time_s`` has passed (more samples for fast models, so p99 means
+    something), stopping at ``max_iterations`` or after ``max_time_s`` (with at least 5 samples)."""
+
+    warmup: int = 5
+    min_iterations: int = 100
+    min_time_s: float = 1.0
+    max_time_s: float = 10.0
+    max_iterations: int = 10_000
+
+
+def latency(run: Callable[[], Any], timing: Timing, clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Percentiles (linear interpolation) and mean of ``run``'s wall time in ms; ``clock`` is injectable so
+    tests can control time."""
+    for _ in range(timing.warmup):
+        run()
     times: list[float] = []
-    deadline = time.perf_counter() + MAX_TIMED_S
-    while len(times) < iterations and (len(times) < 5 or time.perf_counter() < deadline):
-        start = time.perf_counter()
-        runner(feeds)
-        times.append((time.perf_counter() - start) * 1000)
+    began = clock()
+    while len(times) < timing.max_iterations:
+        start = clock()
+        run()
+        end = clock()
+        times.append((end - start) * 1000)
+        elapsed = end - began
+        if (len(times) >= timing.min_iterations and elapsed >= timing.min_time_s) or (
+                elapsed >= timing.max_time_s and len(times) >= 5):
+            break
     p50, p95, p99 = np.percentile(times, [50, 95, 99])
     return {"p50": round(float(p50), 4), "p95": round(float(p95), 4), "p99": round(float(p99), 4),
             "mean": round(float(np.mean(times)), 4), "iterations": len(times)}
+
+
+class PeakMemory:
+    """Peak resident memory that loading and running a model adds to this process: the high-water mark
+    (``VmHWM``), reset to the current RSS through ``/proc/self/clear_refs`` after freeing what earlier
+    measurements left, minus the RSS at that moment. On CUDA, torch's peak allocation too (ONNX Runtime's
+    CUDA arena is not seen by it). ``None`` where Linux's /proc is not available."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.baseline: int | None = None
+
+    def __enter__(self) -> PeakMemory:
+        import ctypes
+        import gc
+
+        gc.collect()
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back, or RSS hides the next model's use
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
+            self.baseline = _proc_status_bytes("VmRSS")
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.peak = None if self.baseline is None else max(0, _proc_status_bytes("VmHWM") - self.baseline)
+
+    def result(self) -> dict[str, int | None]:
+        values: dict[str, int | None] = {"peak_memory_bytes": self.peak}
+        if self.cuda:
+            import torch
+
+            values["peak_gpu_memory_bytes"] = int(torch.cuda.max_memory_allocated())
+        return values
+
+
+def _proc_status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"{field} not in /proc/self/status")
 
 
 def fidelity(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, float | None]:
@@ -338,46 +441,60 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cpu_count": os.cpu_count()}
 
 
+def gpu_name() -> str | None:
+    """The GPU this process measures on (initialises CUDA: call only in a job's process)."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
 def measure(path: Path, fmt: str, specs: list[dict[str, Any]], target: dict[str, Any], *, threads: int,
-            iterations: int, eval_feeds: dict[str, np.ndarray], labels: np.ndarray | None = None,
+            timing: Timing, eval_feeds: dict[str, np.ndarray], labels: np.ndarray | None = None,
             dim_defaults: dict[str, int] | None = None) -> tuple[dict, list[np.ndarray]]:
-    """Metrics of one model, plus its outputs on ``eval_feeds`` (for comparing with another model)."""
-    runner = load_runner(path, fmt, threads, specs, target.get("device", "cpu"))
+    """Metrics of one model, plus its outputs on ``eval_feeds`` (for comparing with another model).
+
+    Peak memory covers loading the model, the timed runs at every batch size and the evaluation pass."""
+    device = target.get("device", "cpu")
+    with PeakMemory(cuda=device == "cuda") as memory:
+        runner = load_runner(path, fmt, threads, specs, device)
+        bounds = target.get("inputs", {})
+        latency_ms, throughput = {}, {}
+        for batch in target.get("batch_sizes", [1]):
+            feeds = generate_inputs(specs, batch, bounds, dim_defaults=dim_defaults)
+            stats = latency(lambda feeds=feeds: runner(feeds), timing)
+            latency_ms[str(batch)] = stats
+            throughput[str(batch)] = round(batch * 1000 / stats["mean"], 2)
+        outputs = predict(runner, specs, eval_feeds)
     size, parameters, nonzero = size_and_parameters(path, runner)
-    bounds = target.get("inputs", {})
-    latency_ms, throughput = {}, {}
-    for batch in target.get("batch_sizes", [1]):
-        stats = latency(runner, generate_inputs(specs, batch, bounds, dim_defaults=dim_defaults), iterations)
-        latency_ms[str(batch)] = stats
-        throughput[str(batch)] = round(batch * 1000 / stats["mean"], 2)
-    outputs = predict(runner, specs, eval_feeds)
-    metrics = {
-        "size_bytes": size, "parameters": parameters, "nonzero_parameters": nonzero,
-        "latency_ms": latency_ms, "throughput": throughput, "peak_memory_bytes": None,
-        **task_metrics(outputs, labels),
-        "conditions": {**runner.conditions, "iterations": iterations, "warmup": WARMUP, **machine()},
-    }
+    conditions = {**runner.conditions, **machine(), "warmup": timing.warmup,
+                  "min_iterations": timing.min_iterations, "min_time_s": timing.min_time_s,
+                  "max_time_s": timing.max_time_s, "timer": "time.perf_counter",
+                  "percentiles": "linear interpolation",
+                  "peak_memory": "process RSS high-water mark above the RSS before loading (Linux /proc)"}
+    if device == "cuda":
+        conditions["gpu"] = gpu_name()
+    metrics = {"size_bytes": size, "parameters": parameters, "nonzero_parameters": nonzero,
+               "latency_ms": latency_ms, "throughput": throughput, **memory.result(),
+               **task_metrics(outputs, labels), "conditions": conditions}
     return metrics, outputs
 
 
-def regressions(original: dict[str, Any], result: dict[str, Any], evaluation_spec: dict[str, Any],
-                objective: str) -> tuple[str, list[str]]:
-    """The metric the accuracy budget applies to, and why the result is worse than the original (DESIGN.md's
-    regression gate): more than ``max_accuracy_drop`` lost; for ``latency``, p50 more than 10% above the
-    original's at any batch size on the same runtime; for ``size``, larger."""
+def regressions(original: dict[str, Any], result: dict[str, Any], metric: str, budget: float | None,
+                objective: str) -> list[str]:
+    """Why the result is worse than the original (DESIGN.md's regression gate): ``metric`` worse by more than
+    ``budget`` (higher is better, except for errors); for ``latency``, p50 more than 10% above the original's
+    at any batch size on the same runtime; for ``size``, larger."""
     fidelity = result.get("fidelity", {})
-    metric = evaluation_spec.get("metric") or (
-        "accuracy" if "accuracy" in result else "top1_agreement" if fidelity.get("top1_agreement") is not None
-        else "cosine")
-    reasons = []
     if metric in fidelity:
-        before, after = 1.0, fidelity[metric]
+        before, after = (0.0 if metric in LOWER_IS_BETTER else 1.0), fidelity[metric]
     else:
         before, after = original.get(metric), result.get(metric)
-    budget = evaluation_spec.get("max_accuracy_drop")
-    if budget is not None and before is not None and after is not None and before - after > budget:
-        reasons.append(f"{metric} dropped by {before - after:.4f} ({before:.4f} → {after:.4f}), more than the "
-                       f"allowed {budget}")
+    reasons = []
+    if budget is not None and before is not None and after is not None:
+        loss = after - before if metric in LOWER_IS_BETTER else before - after
+        if loss > budget:
+            reasons.append(f"{metric} {'rose' if metric in LOWER_IS_BETTER else 'dropped'} by {loss:.4f} "
+                           f"({before:.4f} → {after:.4f}), more than the allowed {budget}")
     if objective == "latency" and original["conditions"]["runtime"] == result["conditions"]["runtime"]:
         for batch, stats in result["latency_ms"].items():
             reference = original["latency_ms"][batch]["p50"]
@@ -386,4 +503,4 @@ def regressions(original: dict[str, Any], result: dict[str, Any], evaluation_spe
                                f"original's {reference:.3f} ms")
     if objective == "size" and result["size_bytes"] > original["size_bytes"]:
         reasons.append(f"{result['size_bytes']} bytes, larger than the original's {original['size_bytes']}")
-    return metric, reasons
+    return reasons

@@ -157,7 +157,9 @@ class JobRun:
             current_index = None
             result, outputs = self._measure(path, fmt, target, eval_feeds, labels)
             result["fidelity"] = {**evaluation.fidelity(reference, outputs), "inputs": source}
-            metric, regressions = evaluation.regressions(original, result, self.evaluation, target["objective"])
+            metric = evaluation.budget_metric(self.evaluation.get("metric"), result, labels)
+            regressions = evaluation.regressions(original, result, metric, self.evaluation.get("max_accuracy_drop"),
+                                                 target["objective"])
             self.log(f"result: {result['size_bytes']} bytes "
                      f"({result['size_bytes'] / original['size_bytes']:.2f}× the original), "
                      f"fidelity {result['fidelity']}")
@@ -192,8 +194,10 @@ class JobRun:
         return feeds, None, "generated"
 
     def _measure(self, path, fmt, target, eval_feeds, labels):
+        timing = evaluation.Timing(min_iterations=self.settings.bench_iterations,
+                                   min_time_s=self.settings.bench_min_time_s)
         return evaluation.measure(path, fmt, self.model["inputs"], target, threads=self.settings.bench_threads,
-                                  iterations=self.settings.bench_iterations, eval_feeds=eval_feeds, labels=labels,
+                                  timing=timing, eval_feeds=eval_feeds, labels=labels,
                                   dim_defaults=self.model["dim_defaults"])
 
     def _run_step(self, step: dict, steps: list[dict], path: Path, fmt: str, work_dir: Path,

@@ -56,7 +56,10 @@ class Settings(BaseSettings):
         default=False, description="Tests only: let a worker without a GPU serve the gpu queue."
     )
     bench_threads: int = Field(default=2, ge=1, description="Intra-op threads used when measuring latency.")
-    bench_iterations: int = Field(default=50, ge=5, description="Timed runs per batch size when measuring.")
+    bench_iterations: int = Field(default=100, ge=5, description="Fewest timed runs per batch size when measuring.")
+    bench_min_time_s: float = Field(
+        default=1.0, ge=0, description="Fewest seconds of timed runs per batch size (fast models get more runs)."
+    )
 
     @property
     def archive_limits(self) -> dict[str, float]:

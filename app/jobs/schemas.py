@@ -42,8 +42,15 @@ class Target(_Strict):
         return self
 
 
+LabelMetric = Literal["accuracy", "top5_accuracy", "f1_macro", "mse", "mae"]
+FidelityMetric = Literal["top1_agreement", "cosine", "cosine_min", "max_abs_error"]
+
+
 class Evaluation(_Strict):
-    metric: str | None = Field(None, description="accuracy, top1_agreement, cosine, …")
+    metric: LabelMetric | FidelityMetric | None = Field(
+        None, description="What max_accuracy_drop applies to. Label metrics need an evaluation dataset with "
+        "labels; by default accuracy (macro F1 when the labels are imbalanced), mse for float targets, else "
+        "top1_agreement for classifier-like outputs and cosine otherwise")
     max_accuracy_drop: float | None = Field(None, ge=0, description="Absolute, in the metric's units")
 
 

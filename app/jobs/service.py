@@ -9,7 +9,7 @@ else that does not chain is refused with 422 naming ``steps[i]``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
@@ -23,7 +23,7 @@ from app.core.settings import get_settings
 from app.datasets import repository as datasets_repo
 from app.datasets.service import ROLES, mismatches
 from app.jobs import repository
-from app.jobs.schemas import JobCreate
+from app.jobs.schemas import JobCreate, LabelMetric
 from app.mlmodels import repository as models
 from app.models import Job, JobLog, Model
 from app.worker_registry import service as worker_registry
@@ -40,6 +40,7 @@ def plan(session: Session, tenant: str, payload: JobCreate) -> dict[str, Any]:
     errors: list[dict[str, Any]] = []
     datasets = _check_datasets(session, tenant, payload.datasets, model, errors)
     _check_target(payload, model, errors)
+    _check_metric(session, tenant, payload, errors)
     requested, preset_reason = _requested_steps(payload, model, errors)
     live = worker_registry.live(session)
     steps, queue = _resolve_steps(requested, source_format, payload, errors,
@@ -111,6 +112,15 @@ def _check_target(payload: JobCreate, model: Model, errors: list[dict[str, Any]]
             errors.append({"loc": ["target", "batch_sizes"],
                            "msg": f"the model's input {spec['name']!r} has a fixed batch size of {first}"})
             break
+
+
+def _check_metric(session: Session, tenant: str, payload: JobCreate, errors: list[dict[str, Any]]) -> None:
+    if payload.evaluation.metric not in get_args(LabelMetric):
+        return
+    dataset = datasets_repo.get(session, tenant, payload.datasets.get("evaluation", ""))
+    if dataset is None or not any(array["name"] == "labels" for array in dataset.arrays):
+        errors.append({"loc": ["evaluation", "metric"], "msg": f"{payload.evaluation.metric} needs an evaluation "
+                       "dataset with a 'labels' array"})
 
 
 def _requested_steps(payload: JobCreate, model: Model, errors: list[dict[str, Any]]) -> tuple[list[dict], str | None]:

@@ -107,3 +107,18 @@ def test_presets_and_preset_errors(client, uploaded_model):
     both = client.post("/v1/jobs", json={"model_id": uploaded_model["id"], "preset": "cpu-int8",
                                          "steps": [{"pass": "quantize.dynamic"}]})
     assert "exactly one of steps or preset" in assert_problem(both, 422)["detail"]
+
+
+def test_the_budget_metric_must_be_known_and_label_metrics_need_labels(client, uploaded_model):
+    unlabeled = upload(client, mlp_data(labels=None)).json()["id"]
+    labeled = upload(client, mlp_data()).json()["id"]
+    problem = assert_problem(submit(client, uploaded_model["id"], evaluation={"metric": "vibes"}), 422)
+    assert problem["errors"][0]["loc"][:2] == ["evaluation", "metric"]
+    for datasets in ({}, {"evaluation": unlabeled}):
+        problem = assert_problem(submit(client, uploaded_model["id"], datasets=datasets,
+                                        evaluation={"metric": "f1_macro"}), 422)
+        assert problem["errors"][0] == {"loc": ["evaluation", "metric"],
+                                        "msg": "f1_macro needs an evaluation dataset with a 'labels' array"}
+    assert submit(client, uploaded_model["id"], evaluation={"metric": "cosine"}).status_code == 202
+    assert submit(client, uploaded_model["id"], datasets={"evaluation": labeled},
+                  evaluation={"metric": "f1_macro", "max_accuracy_drop": 0.02}).status_code == 202

@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 
 from tests import factories
-from tests.workers.passes.test_quantization import run_job, upload_data, upload_model
+from tests.workers.jobs import run_job, upload_data, upload_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)]
 

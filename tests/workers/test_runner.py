@@ -175,19 +175,6 @@ def test_the_regression_gate_flags_a_result_worse_than_the_budget(client, upload
     assert job["regressed"] is False and job["regressions"] == [] and job["metrics"]["metric"] == "top1_agreement"
 
 
-def test_regressions_on_latency_compare_the_same_runtime_only():
-    from workers.evaluation import regressions
-
-    def metrics(p50, runtime="onnxruntime", size=100):
-        return {"latency_ms": {"1": {"p50": p50}}, "conditions": {"runtime": runtime}, "size_bytes": size,
-                "fidelity": {"cosine": 0.999, "top1_agreement": None}}
-
-    assert regressions(metrics(1.0), metrics(1.05), {}, "latency") == ("cosine", [])
-    assert "more than 10% above" in regressions(metrics(1.0), metrics(1.2), {}, "latency")[1][0]
-    assert regressions(metrics(1.0, "torch"), metrics(5.0), {}, "latency")[1] == []
-    assert "larger than" in regressions(metrics(1.0), metrics(1.0, size=101), {}, "size")[1][0]
-
-
 def test_passes_run_inside_their_own_directory(client, uploaded_model, monkeypatch, tmp_path):
     import os
     import shutil

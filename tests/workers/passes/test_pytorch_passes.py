@@ -10,7 +10,7 @@ import pytest
 from tests import factories
 from tests.app.test_models_api import OCTET, assert_problem
 from tests.factories import CNN_INPUTS
-from tests.workers.passes.test_quantization import run_job, upload_data, upload_model
+from tests.workers.jobs import run_job, upload_data, upload_model
 
 pytestmark = pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
 

@@ -7,50 +7,16 @@ import onnx
 import pytest
 
 from tests import factories
-from tests.app.test_models_api import OCTET, assert_problem
-from tests.workers.test_runner import run
+from tests.app.test_models_api import assert_problem
+from tests.workers.jobs import run_job, upload_data, upload_model
 
 pytestmark = pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
-
-
-@pytest.fixture(scope="session")
-def trained_cnn_onnx() -> bytes:
-    model, example = factories.digits_cnn(epochs=10)
-    return factories.onnx_from_torch(model, example)
 
 
 @pytest.fixture(scope="session")
 def transformer_onnx() -> bytes:
     model, example = factories.tiny_transformer()
     return factories.onnx_from_torch(model, example, input_name="input_ids", output_name="embedding")
-
-
-def upload_model(client, data: bytes) -> str:
-    response = client.post("/v1/models?name=model.onnx", content=data, headers=OCTET)
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
-def upload_data(client, **arrays) -> str:
-    response = client.post("/v1/datasets?name=d.npz", content=factories.npz_bytes(**arrays), headers=OCTET)
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
-@pytest.fixture
-def digits_sets(client) -> dict[str, str]:
-    x_train, _, x_test, y_test = factories.digits()
-    return {"calibration": upload_data(client, input=x_train[:256]),
-            "evaluation": upload_data(client, input=x_test, labels=y_test)}
-
-
-def run_job(client, payload: dict) -> dict:
-    response = client.post("/v1/jobs", json=payload)
-    assert response.status_code == 202, response.text
-    run(response.json()["id"])
-    job = client.get(f"/v1/jobs/{response.json()['id']}").json()
-    assert job["state"] == "succeeded", client.get(f"/v1/jobs/{job['id']}/logs").text
-    return job
 
 
 def artifact_runs(client, job: dict, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -10,7 +10,7 @@ import torch
 
 from tests import factories
 from tests.app.test_models_api import OCTET, assert_problem
-from tests.workers.passes.test_quantization import run_job, upload_data, upload_model
+from tests.workers.jobs import run_job, upload_data, upload_model
 from workers.passes import PassContext
 from workers.passes.pruning.structured import StructuredPruneParams, run
 

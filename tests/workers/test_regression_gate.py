@@ -1,0 +1,35 @@
+"""The regression gate on real jobs: a slower result and an accuracy collapse are both flagged, with reasons."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.workers.jobs import run_job, upload_model
+
+pytestmark = pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
+
+
+def test_dynamic_int8_convolutions_are_slower_and_flagged(client, trained_cnn_onnx, digits_sets):
+    # ConvInteger runs several times slower than float Conv on CPUs (docs/benchmarks.md): a latency regression.
+    job = run_job(client, {"model_id": upload_model(client, trained_cnn_onnx), "datasets": digits_sets,
+                           "evaluation": {"max_accuracy_drop": 0.02}, "target": {"batch_sizes": [64]},
+                           "steps": [{"pass": "quantize.dynamic", "params": {"op_types": ["Conv", "Gemm"]}}]})
+    original, result = job["metrics"]["original"], job["metrics"]["result"]
+    assert result["latency_ms"]["64"]["p50"] > 1.1 * original["latency_ms"]["64"]["p50"]
+    assert job["regressed"] is True and job["state"] == "succeeded"
+    assert [r for r in job["regressions"] if r.startswith("p50 latency at batch 64 is")], job["regressions"]
+    assert job["metrics"]["metric"] == "accuracy" and not [r for r in job["regressions"] if "accuracy" in r]
+    assert result["peak_memory_bytes"] > 0 and result["throughput"]["64"] > 0
+    assert result["f1_macro"] > 0.9 and result["conditions"]["percentiles"] == "linear interpolation"
+
+
+def test_an_accuracy_collapse_is_flagged(client, trained_cnn_onnx, digits_sets):
+    job = run_job(client, {"model_id": upload_model(client, trained_cnn_onnx), "datasets": digits_sets,
+                           "evaluation": {"max_accuracy_drop": 0.01}, "target": {"objective": "size"},
+                           "steps": [{"pass": "prune.magnitude", "params": {"sparsity": 0.97}}]})
+    original, result = job["metrics"]["original"], job["metrics"]["result"]
+    assert result["accuracy"] < original["accuracy"] - 0.2
+    assert job["regressed"] is True
+    before, after = original["accuracy"], result["accuracy"]
+    assert job["regressions"] == [f"accuracy dropped by {before - after:.4f} ({before:.4f} → {after:.4f}), more "
+                                  "than the allowed 0.01"]
