@@ -18,7 +18,7 @@ from workers.evaluation import machine
 from workers.passes import REGISTRY
 
 log = logging.getLogger(__name__)
-LIBRARIES = ("torch", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt", "celery")
+LIBRARIES = ("tensorpress", "torch", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt", "celery")
 
 
 def gpus() -> list[str]:
@@ -33,15 +33,20 @@ def gpus() -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
-def describe(queues: list[str]) -> dict[str, Any]:
-    versions = {}
+def versions() -> dict[str, str]:
+    """Installed versions of TensorPress and the libraries its passes use (absent ones left out)."""
+    found = {}
     for name in LIBRARIES:
         try:
-            versions[name] = importlib.metadata.version(name)
+            found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
+    return found
+
+
+def describe(queues: list[str]) -> dict[str, Any]:
     passes = sorted(n for n, spec in REGISTRY.items() if spec.queue in queues and spec.unavailable_reason() is None)
-    return {"queues": queues, "device": {**machine(), "gpus": gpus()}, "passes": passes, "versions": versions}
+    return {"queues": queues, "device": {**machine(), "gpus": gpus()}, "passes": passes, "versions": versions()}
 
 
 def start(worker_id: str, queues: list[str]) -> threading.Event:

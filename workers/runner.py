@@ -2,13 +2,21 @@
 
 Every write about the job carries the lease's fencing token: if another worker took the job over (this one
 was presumed dead), the write is refused and this runner stops without touching anything else.
+
+Results are cached by content: the job's key hashes the tenant, the model's and datasets' sha256, the recipe
+with every parameter resolved, evaluation and target, how it is measured, the toolchain's versions and the
+CPU or GPU model. A succeeded job with the same key is reused at once (``cache_hit``): its artifacts are linked
+under new ids (byte-identical) and its metrics copied; no step runs. ``TENSORPRESS_CACHE=off`` turns that off.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
+import platform
 import shutil
 import tempfile
 import threading
@@ -26,6 +34,7 @@ from app.models import Artifact, Dataset, Job, Model
 from app.models.base import new_id, utcnow
 from workers import evaluation
 from workers.formats import force_weights_only, materialize
+from workers.heartbeat import versions
 from workers.passes import REGISTRY, Cancelled, PassContext
 
 log = logging.getLogger(__name__)
@@ -61,6 +70,8 @@ class JobRun:
         self.model: dict[str, Any] = {}  # the uploaded model's input/output specs and dim defaults
         self.datasets: dict[str, Path] = {}  # local .npz paths by role
         self.evaluation: dict[str, Any] = {}  # the job's metric and accuracy budget
+        self.tenant = ""
+        self.cache_key = ""
         self.models: dict[str, tuple[Path, str]] = {}  # other uploaded models the steps name (students)
         self.lost = threading.Event()
         self._stop = threading.Event()
@@ -136,14 +147,69 @@ class JobRun:
             self.models = {m.id: (self.store.path(m.storage_key), m.format) for model_id in refs - {None}
                            if (m := session.get(Model, model_id)) is not None}
             self.evaluation = dict(job.evaluation)
+            self.tenant = job.tenant
+            self.cache_key = self._cache_key(job, model, source, session)
             self.log(f"attempt {job.attempt} started by {self.owner}")
             return dict(job.target), source.storage_key, source.format
+
+    def _cache_key(self, job: Job, model: Model, source: Model | Artifact, session) -> str:
+        datasets = {role: d.sha256 for role, dataset_id in job.datasets.items()
+                    if (d := session.get(Dataset, dataset_id)) is not None}
+        referenced = {m.id: m.sha256 for model_id in self.models if (m := session.get(Model, model_id))}
+        device = job.target.get("device", "cpu")
+        material = {
+            "tenant": job.tenant, "model": model.sha256, "source": source.sha256, "models": referenced,
+            "steps": [{"pass": s["pass"], "params": s["params"]} for s in job.steps], "datasets": datasets,
+            "evaluation": job.evaluation, "target": job.target,
+            "measuring": [self.settings.bench_threads, self.settings.bench_iterations, self.settings.bench_min_time_s],
+            "toolchain": versions(), "python": platform.python_version(),
+            "machine": evaluation.gpu_name() if device == "cuda" else evaluation.machine()["cpu"],
+        }
+        return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    def _reuse_cached(self) -> bool:
+        """Finish this job with the results of an earlier one with the same cache key, if there is one."""
+        with session_scope() as session:
+            hit = jobs.cached_result(session, self.tenant, self.cache_key, self.job_id)
+            if hit is None:
+                return False
+            hit_id, steps, metrics = hit.id, [dict(s) for s in hit.steps], dict(hit.metrics)
+            regressed, regressions = hit.regressed, list(hit.regressions)
+            originals = [(new_id(), a) for a in hit.artifacts]
+            for _, artifact in originals:
+                session.expunge(artifact)
+        for artifact_id, artifact in originals:
+            self.store.copy(artifact.storage_key, f"artifacts/{artifact_id}/{artifact.filename}")
+        renamed = {artifact.id: artifact_id for artifact_id, artifact in originals}
+        for step in steps:
+            if "artifact_id" in step.get("metrics", {}):
+                step["metrics"] = {**step["metrics"], "artifact_id": renamed[step["metrics"]["artifact_id"]]}
+        with session_scope() as session:
+            on_commit(session, None, rollback=lambda: [self.store.delete_prefix(f"artifacts/{artifact_id}")
+                                                       for artifact_id, _ in originals])
+            if not jobs.fenced_update(session, self.job_id, self.token, state="succeeded", steps=steps,
+                                      metrics={**metrics, "cache": {"job_id": hit_id}}, cache_hit=True,
+                                      regressed=regressed, regressions=regressions, progress=1.0,
+                                      current_step=None, finished_at=utcnow(), lease_expires_at=None):
+                raise LeaseLost(self.job_id)
+            for artifact_id, artifact in originals:
+                session.add(Artifact(id=artifact_id, tenant=self.tenant, job_id=self.job_id, step=artifact.step,
+                                     format=artifact.format, filename=artifact.filename, size_bytes=artifact.size_bytes,
+                                     sha256=artifact.sha256,
+                                     storage_key=f"artifacts/{artifact_id}/{artifact.filename}",
+                                     metadata_={**artifact.metadata_, "cached_from": artifact.id}))
+        self.log(f"cache hit: job {hit_id} ran this recipe on the same model, data, target and toolchain; its "
+                 f"{len(originals)} artifact(s) and metrics are reused and no step runs")
+        return True
 
     def _run(self, work_dir: Path) -> None:
         steps: list[dict] = []
         current_index: int | None = None
         try:
             target, key, fmt = self._load(steps)
+            self.update(cache_key=self.cache_key)
+            if self.settings.cache == "on" and self._reuse_cached():
+                return
             self.update(progress=0.0, current_step=None)
             path = materialize(self.store.path(key), key, work_dir / "source")
             eval_feeds, labels, source = self._evaluation_data(target)

@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     fake_gpu_queue: bool = Field(
         default=False, description="Tests only: let a worker without a GPU serve the gpu queue."
     )
+    events_poll_s: float = Field(default=0.5, gt=0, description="How often a job's event stream checks the job.")
     bench_threads: int = Field(default=2, ge=1, description="Intra-op threads used when measuring latency.")
     bench_iterations: int = Field(default=100, ge=5, description="Fewest timed runs per batch size when measuring.")
     bench_min_time_s: float = Field(

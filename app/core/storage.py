@@ -99,6 +99,16 @@ class LocalStore:
             raise
         return staged.size, staged.sha256
 
+    def copy(self, source_key: str, key: str) -> None:
+        """Make ``key`` hold the same bytes as ``source_key``: a hard link, since stored files never change."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(self.path(source_key), target)
+        except FileExistsError as exc:
+            raise Conflict(f"storage key {key} already exists") from exc
+        _fsync_dir(target.parent)
+
     def size(self, key: str) -> int:
         return self.path(key).stat().st_size
 

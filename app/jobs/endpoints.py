@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
-from fastapi.responses import PlainTextResponse, Response
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from app.core.db import SessionDep
 from app.core.pagination import PageDep
 from app.core.tenancy import TenantDep
-from app.jobs import service
+from app.jobs import events, service
 from app.jobs.schemas import JobCreate, JobList, JobPlan, JobRead, JobState
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -43,6 +43,16 @@ def get_job(job_id: str, session: SessionDep, tenant: TenantDep):
 def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep):
     """Cancel a job: at once when queued, at the next check when running."""
     return service.cancel(session, tenant, job_id)
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}, "description": "state, step, progress, "
+                                                                                "metrics events, then done"}})
+def job_events(job_id: str, request: Request, session: SessionDep, tenant: TenantDep):
+    """Follow a job as server-sent events; the stream ends with a `done` event carrying the final job."""
+    service.get(session, tenant, job_id)
+    return StreamingResponse(events.stream(tenant, job_id, request), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.get("/{job_id}/logs", response_class=PlainTextResponse)

@@ -87,3 +87,9 @@ def fenced_update(session: Session, job_id: str, token: int, **values: Any) -> b
 
 def cancel_requested(session: Session, job_id: str) -> bool:
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def cached_result(session: Session, tenant: str, cache_key: str, job_id: str) -> Job | None:
+    """The latest succeeded job of ``tenant`` with ``cache_key``, other than ``job_id``."""
+    return session.scalar(select(Job).where(Job.tenant == tenant, Job.cache_key == cache_key, Job.id != job_id,
+                                            Job.state == "succeeded").order_by(Job.finished_at.desc()).limit(1))

@@ -24,6 +24,7 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
         Index("ix_jobs_state", "state"),
+        Index("ix_jobs_tenant_cache_key", "tenant", "cache_key"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -42,6 +43,7 @@ class Job(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     waiting_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    cache_key: Mapped[str | None] = mapped_column(String(64), default=None)
     cache_hit: Mapped[bool] = mapped_column(Boolean, default=False)
     regressed: Mapped[bool] = mapped_column(Boolean, default=False)
     regressions: Mapped[list[str]] = mapped_column(JSON, default=list)
