@@ -455,7 +455,8 @@ def measure(path: Path, fmt: str, specs: list[dict[str, Any]], target: dict[str,
 
     Peak memory covers loading the model, the timed runs at every batch size and the evaluation pass."""
     device = target.get("device", "cpu")
-    with PeakMemory(cuda=device == "cuda") as memory:
+    gpu = gpu_name() if device == "cuda" else None
+    with PeakMemory(cuda=gpu is not None) as memory:
         runner = load_runner(path, fmt, threads, specs, device)
         bounds = target.get("inputs", {})
         latency_ms, throughput = {}, {}
@@ -471,8 +472,8 @@ def measure(path: Path, fmt: str, specs: list[dict[str, Any]], target: dict[str,
                   "max_time_s": timing.max_time_s, "timer": "time.perf_counter",
                   "percentiles": "linear interpolation",
                   "peak_memory": "process RSS high-water mark above the RSS before loading (Linux /proc)"}
-    if device == "cuda":
-        conditions["gpu"] = gpu_name()
+    if gpu:
+        conditions["gpu"] = gpu
     metrics = {"size_bytes": size, "parameters": parameters, "nonzero_parameters": nonzero,
                "latency_ms": latency_ms, "throughput": throughput, **memory.result(),
                **task_metrics(outputs, labels), "conditions": conditions}
