@@ -70,6 +70,7 @@ class JobRun:
         self.model: dict[str, Any] = {}  # the uploaded model's input/output specs and dim defaults
         self.datasets: dict[str, Path] = {}  # local .npz paths by role
         self.evaluation: dict[str, Any] = {}  # the job's metric and accuracy budget
+        self.alternatives: list[list[dict]] = []  # a preset's fallback recipes
         self.tenant = ""
         self.cache_key = ""
         self.models: dict[str, tuple[Path, str]] = {}  # other uploaded models the steps name (students)
@@ -147,6 +148,7 @@ class JobRun:
             self.models = {m.id: (self.store.path(m.storage_key), m.format) for model_id in refs - {None}
                            if (m := session.get(Model, model_id)) is not None}
             self.evaluation = dict(job.evaluation)
+            self.alternatives = [[dict(s) for s in alternative] for alternative in job.alternatives]
             self.tenant = job.tenant
             self.cache_key = self._cache_key(job, model, source, session)
             self.log(f"attempt {job.attempt} started by {self.owner}")
@@ -159,7 +161,8 @@ class JobRun:
         device = job.target.get("device", "cpu")
         material = {
             "tenant": job.tenant, "model": model.sha256, "source": source.sha256, "models": referenced,
-            "steps": [{"pass": s["pass"], "params": s["params"]} for s in job.steps], "datasets": datasets,
+            "steps": [[{"pass": s["pass"], "params": s["params"]} for s in recipe]
+                      for recipe in (job.steps, *job.alternatives)], "datasets": datasets,
             "evaluation": job.evaluation, "target": job.target,
             "measuring": [self.settings.bench_threads, self.settings.bench_iterations, self.settings.bench_min_time_s],
             "toolchain": versions(), "python": platform.python_version(),
@@ -211,28 +214,43 @@ class JobRun:
             if self.settings.cache == "on" and self._reuse_cached():
                 return
             self.update(progress=0.0, current_step=None)
-            path = materialize(self.store.path(key), key, work_dir / "source")
-            eval_feeds, labels, source = self._evaluation_data(target)
-            original, reference = self._measure(path, fmt, target, eval_feeds, labels)
+            source = materialize(self.store.path(key), key, work_dir / "source"), fmt
+            eval_feeds, labels, inputs = self._evaluation_data(target)
+            original, reference = self._measure(*source, target, eval_feeds, labels)
             self.update(metrics={"original": original})
-            for step in steps:
-                current_index = step["index"]
-                if self.cancelled():
-                    raise Cancelled("cancellation requested")
-                path, fmt = self._run_step(step, steps, path, fmt, work_dir, target)
-            current_index = None
-            result, outputs = self._measure(path, fmt, target, eval_feeds, labels)
-            result["fidelity"] = {**evaluation.fidelity(reference, outputs), "inputs": source}
-            metric = evaluation.budget_metric(self.evaluation.get("metric"), result, labels)
-            regressions = evaluation.regressions(original, result, metric, self.evaluation.get("max_accuracy_drop"),
-                                                 target["objective"])
+            candidates, tried = [[dict(s) for s in steps], *self.alternatives], []
+            for number, candidate in enumerate(candidates, start=1):
+                if number > 1:  # the previous candidate regressed: start again from the original
+                    steps[:] = candidate
+                    self._discard_artifacts()
+                    self.update(steps=steps, progress=0.0)
+                path, fmt = source
+                for step in steps:
+                    current_index = step["index"]
+                    if self.cancelled():
+                        raise Cancelled("cancellation requested")
+                    path, fmt = self._run_step(step, steps, path, fmt, work_dir / f"candidate{number}", target)
+                current_index = None
+                result, outputs = self._measure(path, fmt, target, eval_feeds, labels)
+                result["fidelity"] = {**evaluation.fidelity(reference, outputs), "inputs": inputs}
+                metric = evaluation.budget_metric(self.evaluation.get("metric"), result, labels)
+                regressions = evaluation.regressions(original, result, metric,
+                                                     self.evaluation.get("max_accuracy_drop"), target["objective"])
+                tried.append({"steps": [s["pass"] for s in steps], "regressions": regressions})
+                if not regressions or number == len(candidates):
+                    break
+                self.log(f"candidate {number} of {len(candidates)} regressed ({'; '.join(regressions)}); "
+                         "trying the next", level="warning")
             self.log(f"result: {result['size_bytes']} bytes "
                      f"({result['size_bytes'] / original['size_bytes']:.2f}× the original), "
                      f"fidelity {result['fidelity']}")
             for reason in regressions:
                 self.log(f"regression: {reason}", level="warning")
-            self._finish("succeeded", steps, metrics={"original": original, "result": result, "metric": metric},
-                         progress=1.0, regressed=bool(regressions), regressions=regressions)
+            metrics = {"original": original, "result": result, "metric": metric}
+            if len(candidates) > 1:
+                metrics["candidates"] = tried
+            self._finish("succeeded", steps, metrics=metrics, progress=1.0, regressed=bool(regressions),
+                         regressions=regressions)
         except Cancelled:
             self._mark_rest(steps, "cancelled")
             self.log("cancelled")
@@ -247,6 +265,14 @@ class JobRun:
                 "type": "https://tensorpress.dev/problems/job-failed", "title": "Job failed",
                 "status": 500, "detail": str(exc) or type(exc).__name__, "step": current_index,
                 "exception": type(exc).__name__})
+
+    def _discard_artifacts(self) -> None:
+        """Drop a regressed candidate's artifacts: the job's artifacts are those of the result it keeps."""
+        with session_scope() as session:
+            if not jobs.fenced_update(session, self.job_id, self.token, lease_expires_at=self._expiry()):
+                raise LeaseLost(self.job_id)
+            prefixes = jobs.delete_artifacts(session, self.job_id)
+            on_commit(session, lambda: [self.store.delete_prefix(prefix) for prefix in prefixes])
 
     def _evaluation_data(self, target: dict):
         """Inputs (and labels) that original and result are compared on: the evaluation dataset, or
@@ -275,7 +301,7 @@ class JobRun:
         self.update(steps=steps, current_step=index, progress=STEPS_SHARE * index / total)
         self.log(f"step {index} {spec.name} started with {params.model_dump(mode='json')}")
         step_dir = work_dir / f"step{index}"
-        step_dir.mkdir()
+        step_dir.mkdir(parents=True)
         last_progress = [0.0]
 
         def progress(fraction: float) -> None:

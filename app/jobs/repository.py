@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.core.pagination import Page, paginate
-from app.models import Job, JobLog
+from app.models import Artifact, Job, JobLog
 from app.models.base import utcnow
 
 
@@ -93,3 +93,11 @@ def cached_result(session: Session, tenant: str, cache_key: str, job_id: str) ->
     """The latest succeeded job of ``tenant`` with ``cache_key``, other than ``job_id``."""
     return session.scalar(select(Job).where(Job.tenant == tenant, Job.cache_key == cache_key, Job.id != job_id,
                                             Job.state == "succeeded").order_by(Job.finished_at.desc()).limit(1))
+
+
+def delete_artifacts(session: Session, job_id: str) -> list[str]:
+    """Delete the job's artifact records; returns their storage prefixes (to delete after commit)."""
+    artifacts = session.scalars(select(Artifact).where(Artifact.job_id == job_id)).all()
+    for artifact in artifacts:
+        session.delete(artifact)
+    return [f"artifacts/{artifact.id}" for artifact in artifacts]

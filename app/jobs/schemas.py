@@ -103,6 +103,8 @@ class JobRead(BaseModel):
     progress: float
     current_step: int | None
     steps: list[StepRead]
+    alternatives: list[list[StepRead]] = Field(
+        description="A preset's fallback recipes; metrics.candidates records which ran and why each was left")
     datasets: dict[str, str]
     evaluation: dict[str, Any]
     target: dict[str, Any]
@@ -142,6 +144,10 @@ class DatasetUse(BaseModel):
     samples: int
 
 
+class AlternativePlan(BaseModel):
+    steps: list[StepPlan]
+
+
 class JobPlan(BaseModel):
     """What a job would run: ``POST /v1/jobs?dry_run=true``."""
 
@@ -150,6 +156,9 @@ class JobPlan(BaseModel):
     source_format: str
     preset: str | None
     steps: list[StepPlan]
+    alternatives: list[AlternativePlan] = Field(
+        description="A preset's fallbacks, run in turn from the original when the result before fails the "
+                    "regression gate")
     queue: str
     waiting_reason: str | None
     datasets: dict[str, DatasetUse]

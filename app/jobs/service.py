@@ -41,18 +41,29 @@ def plan(session: Session, tenant: str, payload: JobCreate) -> dict[str, Any]:
     datasets = _check_datasets(session, tenant, payload.datasets, model, errors)
     _check_target(payload, model, errors)
     _check_metric(session, tenant, payload, errors)
-    requested, preset_reason = _requested_steps(payload, model, errors)
+    candidates = _requested_steps(payload, model, errors)
     live = worker_registry.live(session)
-    steps, queue = _resolve_steps(requested, source_format, payload, errors,
-                                  lambda model_id: models.get(session, tenant, model_id), model,
-                                  lambda name: worker_registry.pass_unavailable(name, live))
+
+    def resolve(requested: list[dict], reason: str | None, problems: list[dict[str, Any]]):
+        steps, queue = _resolve_steps(requested, source_format, payload, problems,
+                                      lambda model_id: models.get(session, tenant, model_id), model,
+                                      lambda name: worker_registry.pass_unavailable(name, live))
+        for step in steps:
+            step["reason"] = step["reason"] or reason
+        return steps, queue
+
+    steps, queue = resolve(*candidates[0], errors) if candidates else ([], "cpu")
     if errors:
         raise ValidationFailed(errors)
-    for step in steps:
-        if step["reason"] is None and preset_reason:
-            step["reason"] = preset_reason
+    alternatives = []
+    for requested, reason in candidates[1:]:  # a preset's fallbacks; one this deployment cannot run is left out
+        problems: list[dict[str, Any]] = []
+        fallback, fallback_queue = resolve(requested, reason, problems)
+        if not problems and fallback_queue == queue:
+            alternatives.append({"steps": fallback})
     return {"model_id": model.id, "artifact_id": payload.artifact_id, "source_format": source_format,
-            "preset": payload.preset, "steps": steps, "queue": queue, "datasets": datasets,
+            "preset": payload.preset, "steps": steps, "alternatives": alternatives, "queue": queue,
+            "datasets": datasets,
             "waiting_reason": worker_registry.waiting_reason(queue, live),
             "target": payload.target.model_dump(mode="json"),
             "evaluation": payload.evaluation.model_dump(mode="json", exclude_none=True)}
@@ -123,20 +134,21 @@ def _check_metric(session: Session, tenant: str, payload: JobCreate, errors: lis
                        "dataset with a 'labels' array"})
 
 
-def _requested_steps(payload: JobCreate, model: Model, errors: list[dict[str, Any]]) -> tuple[list[dict], str | None]:
+def _requested_steps(payload: JobCreate, model: Model, errors: list[dict[str, Any]]) -> list[tuple[list, str | None]]:
+    """The steps asked for, or a preset's candidates, each with the reason for it."""
     if payload.steps is not None:
-        return [{"pass": s.pass_, "params": s.params} for s in payload.steps], None
+        return [([{"pass": s.pass_, "params": s.params} for s in payload.steps], None)]
     preset = PRESETS.get(payload.preset)
     if preset is None:
         errors.append({"loc": ["preset"], "msg": f"unknown preset {payload.preset!r}; GET /v1/presets lists them"})
-        return [], None
+        return []
     missing = [role for role in preset.datasets if role not in payload.datasets]
     if missing:
         errors.append({"loc": ["preset"], "msg": f"preset {preset.name} needs a {missing[0]!r} dataset"})
-        return [], None
-    steps, why = preset.resolve({"format": model.format, "details": model.details, "inputs": model.inputs,
+        return []
+    candidates = preset.resolve({"format": model.format, "details": model.details, "inputs": model.inputs,
                                  "datasets": sorted(payload.datasets)})
-    return steps, f"preset {preset.name}: {why}"
+    return [(steps, f"preset {preset.name}: {why}") for steps, why in candidates]
 
 
 def _resolve_steps(requested: list[dict], source_format: str, payload: JobCreate, errors: list[dict[str, Any]],
@@ -211,11 +223,10 @@ def _step(index: int, spec, params: dict[str, Any], produces: str, reason: str |
 
 def create(session: Session, tenant: str, payload: JobCreate) -> Job:
     resolved = plan(session, tenant, payload)
-    steps = [{"index": s["index"], "pass": s["pass"], "params": s["params"], "status": "pending",
-              "inserted": s["inserted"], "reason": s["reason"], "started_at": None, "finished_at": None,
-              "metrics": {}} for s in resolved["steps"]]
+    steps = _job_steps(resolved["steps"])
     job = repository.add(session, Job(
         tenant=tenant, model_id=resolved["model_id"], source_artifact_id=payload.artifact_id, steps=steps,
+        alternatives=[_job_steps(a["steps"]) for a in resolved["alternatives"]],
         queue=resolved["queue"], datasets=payload.datasets, evaluation=resolved["evaluation"],
         target=resolved["target"], webhook=payload.webhook.model_dump(mode="json") if payload.webhook else None,
         max_attempts=get_settings().max_attempts, waiting_reason=resolved["waiting_reason"]))
@@ -223,6 +234,12 @@ def create(session: Session, tenant: str, payload: JobCreate) -> Job:
     job_id, queue = job.id, job.queue
     on_commit(session, lambda: dispatch(job_id, queue))  # the row exists before any worker can look
     return job
+
+
+def _job_steps(planned: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"index": s["index"], "pass": s["pass"], "params": s["params"], "status": "pending",
+             "inserted": s["inserted"], "reason": s["reason"], "started_at": None, "finished_at": None,
+             "metrics": {}} for s in planned]
 
 
 def dispatch(job_id: str, queue: str) -> None:

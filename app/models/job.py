@@ -34,6 +34,7 @@ class Job(Base):
     model_id: Mapped[str] = mapped_column(String(32))
     source_artifact_id: Mapped[str | None] = mapped_column(String(32), default=None)
     steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    alternatives: Mapped[list[list[dict[str, Any]]]] = mapped_column(JSON, default=list)
     datasets: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     evaluation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     target: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -1,4 +1,4 @@
-"""job cache key
+"""job cache key and a preset's alternatives
 
 Revision ID: 0004
 Revises: 0003
@@ -19,6 +19,7 @@ def upgrade() -> None:
     """Upgrade schema."""
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('cache_key', sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column('alternatives', sa.JSON(), nullable=False, server_default='[]'))
         batch_op.create_index('ix_jobs_tenant_cache_key', ['tenant', 'cache_key'], unique=False)
 
 
@@ -26,4 +27,5 @@ def downgrade() -> None:
     """Downgrade schema."""
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_index('ix_jobs_tenant_cache_key')
+        batch_op.drop_column('alternatives')
         batch_op.drop_column('cache_key')
