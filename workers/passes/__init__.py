@@ -12,10 +12,11 @@ from workers.passes.pruning import magnitude as _magnitude
 from workers.passes.pruning import structured as _structured
 from workers.passes.quantization import dynamic as _dynamic
 from workers.passes.quantization import fp16 as _fp16
+from workers.passes.quantization import half as _half
 from workers.passes.quantization import static as _static
 from workers.passes.quantization import weight_only as _weight_only
 from workers.passes.training import finetune as _finetune
 
 __all__ = ["REGISTRY", "Cancelled", "PassContext", "PassParams", "PassResult", "PassSpec"]
 _REGISTERED = (_kd, _aotinductor, _openvino, _tensorrt, _export_onnx, _svd, _optimize_ort, _magnitude,
-               _structured, _dynamic, _fp16, _static, _weight_only, _finetune)
+               _structured, _dynamic, _fp16, _half, _static, _weight_only, _finetune)

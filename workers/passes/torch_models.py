@@ -54,12 +54,13 @@ class TorchModel:
             torch.jit.save(self.module, str(path))
 
 
-def reexport(module: Any, ctx: Any) -> Any:
-    """``torch.export`` a rewritten module again, with the dynamic dimensions of the job model's inputs."""
+def reexport(module: Any, ctx: Any, varargs: bool = False) -> Any:
+    """``torch.export`` a rewritten module again, with the dynamic dimensions of the job model's inputs
+    (``varargs``: the module's ``forward`` takes them as ``*inputs``)."""
     import torch
 
     feeds = ctx.example_inputs(2)
     example = tuple(torch.from_numpy(feeds[s["name"]]) for s in ctx.inputs)
     dynamic = tuple({i: torch.export.Dim.AUTO for i, d in enumerate(s["shape"]) if isinstance(d, str)}
                     for s in ctx.inputs)
-    return torch.export.export(module, example, dynamic_shapes=dynamic)
+    return torch.export.export(module, example, dynamic_shapes=(dynamic,) if varargs else dynamic)

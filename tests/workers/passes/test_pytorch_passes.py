@@ -144,3 +144,21 @@ def test_training_an_onnx_model_is_refused_with_the_reason(client, uploaded_mode
         "steps": [{"pass": "train.finetune"}]}), 422)
     assert "takes torchscript or torch_export models, but the model at this step is onnx" in \
         problem["errors"][0]["msg"]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_programs_halve_the_size_and_keep_accuracy(client, trained_cnn, digits_sets, dtype):
+    import torch
+
+    model_id = upload_model(client, factories.pt2_bytes(*trained_cnn))
+    job = run_job(client, {"model_id": model_id, "datasets": {"evaluation": digits_sets["evaluation"]},
+                           "steps": [{"pass": "quantize.half", "params": {"dtype": dtype}}],
+                           "evaluation": {"max_accuracy_drop": 0.02}, "target": {"objective": "size"}})
+    original, result = job["metrics"]["original"], job["metrics"]["result"]
+    assert result["size_bytes"] < 0.7 * original["size_bytes"] and job["regressed"] is False
+    assert result["fidelity"]["top1_agreement"] > 0.97 and result["conditions"]["runtime"] == "torch"
+    blob = client.get(f"/v1/artifacts/{job['artifacts'][0]['id']}/download").content
+    program = torch.export.load(io.BytesIO(blob))
+    assert {t.dtype for t in program.state_dict.values() if t.is_floating_point()} == {getattr(torch, dtype)}
+    x = torch.from_numpy(factories.digits()[2][:4])
+    assert program.module()(x).dtype == torch.float32  # float32 in and out
