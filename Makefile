@@ -43,3 +43,4 @@ bench: install-test
 	$(PY) benchmarks/minilm.py
 	$(PY) benchmarks/structured.py
 	$(PY) benchmarks/engines.py
+	$(PY) benchmarks/regression_gate.py
