@@ -69,3 +69,18 @@ def test_aotinductor_on_cuda(client, cnn_onnx_and_data):
     assert job["artifacts"][0]["metadata"]["device"] == "cuda"
     assert job["metrics"]["result"]["conditions"]["device"] == "cuda"
     assert job["metrics"]["result"]["accuracy"] == job["metrics"]["original"]["accuracy"]
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_torch_half_precision_on_cuda(client, cnn_onnx_and_data, dtype):
+    _, pt2_bytes, (_, _, x_test, y_test) = cnn_onnx_and_data
+    job = run_job(client, {"model_id": upload_model(client, pt2_bytes), "target": {"device": "cuda",
+                                                                                   "batch_sizes": [1, 64]},
+                           "datasets": {"evaluation": upload_data(client, input=x_test, labels=y_test)},
+                           "steps": [{"pass": "quantize.half", "params": {"dtype": dtype}}]})
+    original, result = job["metrics"]["original"], job["metrics"]["result"]
+    assert result["conditions"]["device"] == "cuda" and result["conditions"]["gpu"]
+    assert result["peak_gpu_memory_bytes"] > 0
+    assert result["accuracy"] >= original["accuracy"] - 0.01
+    assert result["size_bytes"] < 0.7 * original["size_bytes"]
