@@ -181,8 +181,9 @@ class JobRun:
             originals = [(new_id(), a) for a in hit.artifacts]
             for _, artifact in originals:
                 session.expunge(artifact)
+        keys = {artifact_id: f"artifacts/{artifact_id}/{artifact.filename}" for artifact_id, artifact in originals}
         for artifact_id, artifact in originals:
-            self.store.copy(artifact.storage_key, f"artifacts/{artifact_id}/{artifact.filename}")
+            self.store.copy(artifact.storage_key, keys[artifact_id])
         renamed = {artifact.id: artifact_id for artifact_id, artifact in originals}
         for step in steps:
             if "artifact_id" in step.get("metrics", {}):
@@ -198,8 +199,7 @@ class JobRun:
             for artifact_id, artifact in originals:
                 session.add(Artifact(id=artifact_id, tenant=self.tenant, job_id=self.job_id, step=artifact.step,
                                      format=artifact.format, filename=artifact.filename, size_bytes=artifact.size_bytes,
-                                     sha256=artifact.sha256,
-                                     storage_key=f"artifacts/{artifact_id}/{artifact.filename}",
+                                     sha256=artifact.sha256, storage_key=keys[artifact_id],
                                      metadata_={**artifact.metadata_, "cached_from": artifact.id}))
         self.log(f"cache hit: job {hit_id} ran this recipe on the same model, data, target and toolchain; its "
                  f"{len(originals)} artifact(s) and metrics are reused and no step runs")

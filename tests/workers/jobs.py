@@ -19,10 +19,14 @@ def upload_data(client, **arrays) -> str:
     return response.json()["id"]
 
 
+def finished(client, job_id: str) -> dict:
+    run(job_id)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["state"] == "succeeded", client.get(f"/v1/jobs/{job_id}/logs").text
+    return job
+
+
 def run_job(client, payload: dict) -> dict:
     response = client.post("/v1/jobs", json=payload)
     assert response.status_code == 202, response.text
-    run(response.json()["id"])
-    job = client.get(f"/v1/jobs/{response.json()['id']}").json()
-    assert job["state"] == "succeeded", client.get(f"/v1/jobs/{job['id']}/logs").text
-    return job
+    return finished(client, response.json()["id"])

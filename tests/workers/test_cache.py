@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from tests.app.test_jobs_api import submit
-from tests.workers.test_runner import run
+from tests.workers.jobs import finished
 
 pytestmark = pytest.mark.parametrize("db_backend", ["sqlite", "postgresql"], indirect=True)
 
@@ -26,13 +26,6 @@ def pass_runs(monkeypatch) -> list[str]:
 
     monkeypatch.setitem(REGISTRY, spec.name, dataclasses.replace(spec, run=counted))
     return runs
-
-
-def finished(client, job_id: str) -> dict:
-    run(job_id)
-    job = client.get(f"/v1/jobs/{job_id}").json()
-    assert job["state"] == "succeeded", client.get(f"/v1/jobs/{job_id}/logs").text
-    return job
 
 
 def test_a_repeated_job_is_a_cache_hit(client, uploaded_model, pass_runs):

@@ -8,7 +8,7 @@ import pytest
 from tests import factories
 from tests.app.test_models_api import OCTET
 from tests.factories import CNN_INPUTS
-from tests.workers.test_runner import run
+from tests.workers.jobs import finished
 
 pytestmark = pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
 
@@ -21,13 +21,6 @@ def digits_eval(client) -> str:
                            headers=OCTET)
     assert response.status_code == 201, response.text
     return response.json()["id"]
-
-
-def finished(client, job_id: str) -> dict:
-    run(job_id)
-    job = client.get(f"/v1/jobs/{job_id}").json()
-    assert job["state"] == "succeeded", client.get(f"/v1/jobs/{job_id}/logs").text
-    return job
 
 
 def test_torchscript_preset_inserts_the_export_and_keeps_accuracy(client, torchscript, digits_eval):
