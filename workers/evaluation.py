@@ -491,22 +491,47 @@ def measure(path: Path, fmt: str, specs: list[dict[str, Any]], target: dict[str,
     return metrics, outputs
 
 
+def metric_value(result: dict[str, Any], metric: str) -> float | None:
+    """The result's value of ``metric``: a task metric, or a fidelity one (against the original)."""
+    return result.get("fidelity", {}).get(metric, result.get(metric))
+
+
+def _original_value(original: dict[str, Any], result: dict[str, Any], metric: str) -> float | None:
+    """The original's value of ``metric``; for fidelity metrics, its perfect agreement with itself."""
+    if metric in result.get("fidelity", {}):
+        return 0.0 if metric in LOWER_IS_BETTER else 1.0
+    return original.get(metric)
+
+
+def metric_loss(original: dict[str, Any], result: dict[str, Any], metric: str) -> float | None:
+    """How much worse than the original the result is on ``metric`` (negative: better)."""
+    before, after = _original_value(original, result, metric), metric_value(result, metric)
+    if before is None or after is None:
+        return None
+    return round(after - before if metric in LOWER_IS_BETTER else before - after, 6)
+
+
+def objective_score(original: dict[str, Any], result: dict[str, Any], objective: str) -> float:
+    """The result's ``objective`` relative to the original's (below 1: better): bytes, or the geometric mean
+    over batch sizes of p50 latency, whatever the runtime."""
+    if objective == "size":
+        return round(result["size_bytes"] / original["size_bytes"], 4)
+    ratios = [stats["p50"] / max(original["latency_ms"][batch]["p50"], 1e-9)
+              for batch, stats in result["latency_ms"].items()]
+    return round(float(np.exp(np.mean(np.log(ratios)))), 4)
+
+
 def regressions(original: dict[str, Any], result: dict[str, Any], metric: str, budget: float | None,
                 objective: str) -> list[str]:
     """Why the result is worse than the original (DESIGN.md's regression gate): ``metric`` worse by more than
     ``budget`` (higher is better, except for errors); for ``latency``, p50 more than 10% above the original's
     at any batch size on the same runtime; for ``size``, larger."""
-    fidelity = result.get("fidelity", {})
-    if metric in fidelity:
-        before, after = (0.0 if metric in LOWER_IS_BETTER else 1.0), fidelity[metric]
-    else:
-        before, after = original.get(metric), result.get(metric)
     reasons = []
-    if budget is not None and before is not None and after is not None:
-        loss = after - before if metric in LOWER_IS_BETTER else before - after
-        if loss > budget:
-            reasons.append(f"{metric} {'rose' if metric in LOWER_IS_BETTER else 'dropped'} by {loss:.4f} "
-                           f"({before:.4f} → {after:.4f}), more than the allowed {budget}")
+    loss = metric_loss(original, result, metric)
+    if budget is not None and loss is not None and loss > budget:
+        before = _original_value(original, result, metric)
+        reasons.append(f"{metric} {'rose' if metric in LOWER_IS_BETTER else 'dropped'} by {loss:.4f} "
+                       f"({before:.4f} → {metric_value(result, metric):.4f}), more than the allowed {budget}")
     if objective == "latency" and original["conditions"]["runtime"] == result["conditions"]["runtime"]:
         for batch, stats in result["latency_ms"].items():
             reference = original["latency_ms"][batch]["p50"]

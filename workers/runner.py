@@ -20,8 +20,10 @@ import platform
 import shutil
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,28 @@ def working_directory(path: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """What every candidate is compared with: the original model (local path, format), as measured."""
+
+    source: tuple[Path, str]
+    target: dict[str, Any]
+    original: dict[str, Any]
+    reference: list  # the original's outputs on the evaluation inputs
+    eval_feeds: dict[str, Any]
+    labels: Any
+    inputs: str  # where the evaluation inputs came from
+
+
+def _rank(entry: dict[str, Any], goal: dict[str, Any]) -> tuple:
+    """Order of preference in a search: candidates that meet the goal by their score; then the others by how
+    far they are over the accuracy budget, then by score."""
+    if entry["meets_goal"]:
+        return 0, entry["score"], 0.0
+    excess = max(0.0, (entry["loss"] or 0.0) - goal["max_accuracy_drop"])
+    return 1, excess, entry["score"]
+
+
 class LeaseLost(Exception):
     """Another worker owns the job now; this one must stop writing."""
 
@@ -71,6 +95,9 @@ class JobRun:
         self.datasets: dict[str, Path] = {}  # local .npz paths by role
         self.evaluation: dict[str, Any] = {}  # the job's metric and accuracy budget
         self.alternatives: list[list[dict]] = []  # a preset's fallback recipes
+        self.goal: dict[str, Any] | None = None  # a goal job's goal and candidates
+        self.current: int | None = None  # the index of the step running
+        self.deadline: float | None = None  # time.monotonic() when a goal search's running candidate must stop
         self.tenant = ""
         self.cache_key = ""
         self.models: dict[str, tuple[Path, str]] = {}  # other uploaded models the steps name (students)
@@ -106,8 +133,12 @@ class JobRun:
             jobs.add_log(session, self.job_id, message, level)
 
     def cancelled(self) -> bool:
+        """Whether a pass should stop: cancellation was requested, or a goal search's time budget is spent."""
         if self.lost.is_set():
             raise LeaseLost(self.job_id)
+        return (self.deadline is not None and time.monotonic() > self.deadline) or self._cancel_requested()
+
+    def _cancel_requested(self) -> bool:
         with session_scope() as session:
             return jobs.cancel_requested(session, self.job_id)
 
@@ -149,6 +180,7 @@ class JobRun:
                            if (m := session.get(Model, model_id)) is not None}
             self.evaluation = dict(job.evaluation)
             self.alternatives = [[dict(s) for s in alternative] for alternative in job.alternatives]
+            self.goal = job.goal
             self.tenant = job.tenant
             self.cache_key = self._cache_key(job, model, source, session)
             self.log(f"attempt {job.attempt} started by {self.owner}")
@@ -162,7 +194,7 @@ class JobRun:
         material = {
             "tenant": job.tenant, "model": model.sha256, "source": source.sha256, "models": referenced,
             "steps": [[{"pass": s["pass"], "params": s["params"]} for s in recipe]
-                      for recipe in (job.steps, *job.alternatives)], "datasets": datasets,
+                      for recipe in (job.steps, *job.alternatives)], "goal": job.goal, "datasets": datasets,
             "evaluation": job.evaluation, "target": job.target,
             "measuring": [self.settings.bench_threads, self.settings.bench_iterations, self.settings.bench_min_time_s],
             "toolchain": versions(), "python": platform.python_version(),
@@ -207,7 +239,6 @@ class JobRun:
 
     def _run(self, work_dir: Path) -> None:
         steps: list[dict] = []
-        current_index: int | None = None
         try:
             target, key, fmt = self._load(steps)
             self.update(cache_key=self.cache_key)
@@ -218,39 +249,11 @@ class JobRun:
             eval_feeds, labels, inputs = self._evaluation_data(target)
             original, reference = self._measure(*source, target, eval_feeds, labels)
             self.update(metrics={"original": original})
-            candidates, tried = [[dict(s) for s in steps], *self.alternatives], []
-            for number, candidate in enumerate(candidates, start=1):
-                if number > 1:  # the previous candidate regressed: start again from the original
-                    steps[:] = candidate
-                    self._discard_artifacts()
-                    self.update(steps=steps, progress=0.0)
-                path, fmt = source
-                for step in steps:
-                    current_index = step["index"]
-                    if self.cancelled():
-                        raise Cancelled("cancellation requested")
-                    path, fmt = self._run_step(step, steps, path, fmt, work_dir / f"candidate{number}", target)
-                current_index = None
-                result, outputs = self._measure(path, fmt, target, eval_feeds, labels)
-                result["fidelity"] = {**evaluation.fidelity(reference, outputs), "inputs": inputs}
-                metric = evaluation.budget_metric(self.evaluation.get("metric"), result, labels)
-                regressions = evaluation.regressions(original, result, metric,
-                                                     self.evaluation.get("max_accuracy_drop"), target["objective"])
-                tried.append({"steps": [s["pass"] for s in steps], "regressions": regressions})
-                if not regressions or number == len(candidates):
-                    break
-                self.log(f"candidate {number} of {len(candidates)} regressed ({'; '.join(regressions)}); "
-                         "trying the next", level="warning")
-            self.log(f"result: {result['size_bytes']} bytes "
-                     f"({result['size_bytes'] / original['size_bytes']:.2f}× the original), "
-                     f"fidelity {result['fidelity']}")
-            for reason in regressions:
-                self.log(f"regression: {reason}", level="warning")
-            metrics = {"original": original, "result": result, "metric": metric}
-            if len(candidates) > 1:
-                metrics["candidates"] = tried
-            self._finish("succeeded", steps, metrics=metrics, progress=1.0, regressed=bool(regressions),
-                         regressions=regressions)
+            base = Baseline(source, target, original, reference, eval_feeds, labels, inputs)
+            if self.goal:
+                self._search(steps, work_dir, base)
+            else:
+                self._first_good(steps, work_dir, base)
         except Cancelled:
             self._mark_rest(steps, "cancelled")
             self.log("cancelled")
@@ -258,20 +261,170 @@ class JobRun:
         except LeaseLost:
             raise
         except Exception as exc:
-            self.log(f"failed{'' if current_index is None else f' in step {current_index}'}: {exc}\n"
-                     f"{traceback.format_exc()}", level="error")
-            self._mark_rest(steps, "skipped", failed=current_index)
-            self._finish("failed", steps, error={
-                "type": "https://tensorpress.dev/problems/job-failed", "title": "Job failed",
-                "status": 500, "detail": str(exc) or type(exc).__name__, "step": current_index,
-                "exception": type(exc).__name__})
+            self._fail(steps, exc)
 
-    def _discard_artifacts(self) -> None:
-        """Drop a regressed candidate's artifacts: the job's artifacts are those of the result it keeps."""
+    def _fail(self, steps: list[dict], exc: Exception) -> None:
+        self.log(f"failed{'' if self.current is None else f' in step {self.current}'}: {exc}\n"
+                 f"{traceback.format_exc()}", level="error")
+        self._mark_rest(steps, "skipped", failed=self.current)
+        self._finish("failed", steps, error={
+            "type": "https://tensorpress.dev/problems/job-failed", "title": "Job failed",
+            "status": 500, "detail": str(exc) or type(exc).__name__, "step": self.current,
+            "exception": type(exc).__name__})
+
+    def _first_good(self, steps: list[dict], work_dir: Path, base: Baseline) -> None:
+        """Steps and presets: run the recipe; when a preset's result fails the gate, its next candidate from
+        the original, and so on. The job keeps the first result that passes (or the last one)."""
+        candidates, tried = [[dict(s) for s in steps], *self.alternatives], []
+        for number, candidate in enumerate(candidates, start=1):
+            if number > 1:  # the previous candidate regressed: start again from the original
+                steps[:] = candidate
+                self._discard_artifacts()
+                self.update(steps=steps, progress=0.0)
+            result, entry = self._try(number, steps, steps, work_dir / f"candidate{number}", base)
+            tried.append(entry)
+            if not entry["regressions"] or number == len(candidates):
+                break
+            self.log(f"candidate {number} of {len(candidates)} regressed ({'; '.join(entry['regressions'])}); "
+                     "trying the next", level="warning")
+        self.log(f"result: {result['size_bytes']} bytes "
+                 f"({result['size_bytes'] / base.original['size_bytes']:.2f}× the original), "
+                 f"fidelity {result['fidelity']}")
+        for reason in entry["regressions"]:
+            self.log(f"regression: {reason}", level="warning")
+        metrics = {"original": base.original, "result": result, "metric": entry["metric"]}
+        if len(candidates) > 1:
+            metrics["candidates"] = tried
+        self._finish("succeeded", steps, metrics=metrics, progress=1.0, regressed=bool(entry["regressions"]),
+                     regressions=entry["regressions"])
+
+    def _try(self, number: int, candidate: list[dict], steps: list[dict], work_dir: Path,
+             base: Baseline) -> tuple[dict, dict]:
+        """Run one candidate recipe from the original model; its measured result and a summary of it against
+        the original (size, latency, the budget's metric, its loss, the objective's score, regressions)."""
+        path, fmt = base.source
+        for step in candidate:
+            self.current = step["index"]
+            if self.cancelled():
+                raise Cancelled("cancellation requested")
+            path, fmt = self._run_step(step, steps, path, fmt, work_dir, base.target)
+        self.current = None
+        result, outputs = self._measure(path, fmt, base.target, base.eval_feeds, base.labels)
+        result["fidelity"] = {**evaluation.fidelity(base.reference, outputs), "inputs": base.inputs}
+        metric = evaluation.budget_metric(self.evaluation.get("metric"), result, base.labels)
+        budget, objective = self.evaluation.get("max_accuracy_drop"), base.target["objective"]
+        regressions = evaluation.regressions(base.original, result, metric, budget, objective)
+        score = evaluation.objective_score(base.original, result, objective)
+        entry = {"candidate": number, "steps": [s["pass"] for s in candidate], "status": "measured",
+                 "artifact_id": candidate[-1]["metrics"]["artifact_id"], "size_bytes": result["size_bytes"],
+                 "latency_p50_ms": {batch: stats["p50"] for batch, stats in result["latency_ms"].items()},
+                 "metric": metric, "value": evaluation.metric_value(result, metric),
+                 "loss": evaluation.metric_loss(base.original, result, metric), "score": score,
+                 "regressions": regressions}
+        return result, entry
+
+    def _search(self, steps: list[dict], work_dir: Path, base: Baseline) -> None:
+        """Goal jobs: try the candidates in order until the time budget is spent, skipping a group's milder
+        levels once one met the goal; keep the best that met it (else the closest, flagged), recording the
+        best so far after each candidate. A cancelled search keeps what it found."""
+        goal = self.goal
+        deadline = time.monotonic() + goal["time_budget_s"]
+        tried: list[dict] = []
+        met: set[str] = set()
+        best: tuple[dict, dict] | None = None
+        for described in goal["candidates"]:
+            number, group = described["candidate"], described["group"]
+            candidate = [s for s in steps if s.get("candidate") == number]
+            skip = (f"a stronger level of {group} already met the goal" if group in met
+                    else "the time budget was spent" if tried and time.monotonic() > deadline else None)
+            if skip:
+                self._mark_rest(candidate, "skipped")
+                tried.append({"candidate": number, "group": group, "steps": [s["pass"] for s in candidate],
+                              "status": "skipped", "reason": skip})
+                continue
+            self.deadline = deadline if tried else None  # the first candidate always finishes
+            try:
+                result, entry = self._try(number, candidate, steps, work_dir / f"candidate{number}", base)
+            except Cancelled:
+                if self._cancel_requested():
+                    self._mark_rest(steps, "cancelled")
+                    self.log("cancelled; the job keeps the candidates measured so far")
+                    self._settle(steps, tried, best, base, "cancelled")
+                    return
+                entry = self._abandon(candidate, "stopped", "the time budget was spent during this candidate")
+            except LeaseLost:
+                raise
+            except Exception as exc:  # one technique failing does not end the search
+                self.log(f"candidate {number} failed in step {self.current}: {exc}\n{traceback.format_exc()}",
+                         level="warning")
+                entry = self._abandon(candidate, "failed", f"{type(exc).__name__}: {exc}")
+            finally:
+                self.deadline = None
+                self.current = None
+            entry["group"] = group
+            tried.append(entry)
+            if entry["status"] == "measured":
+                self._discard_artifacts(keep=entry["artifact_id"], step_indices=[s["index"] for s in candidate])
+                entry["meets_goal"] = not entry["regressions"] and entry["score"] < 1
+                if entry["meets_goal"]:
+                    met.add(group)
+                if best is None or _rank(entry, goal) < _rank(best[0], goal):
+                    best = entry, result
+                self.log(f"candidate {number} ({group}: {' → '.join(entry['steps'])}): {entry['metric']} "
+                         f"{entry['value']}, score {entry['score']:.3f} of the original's "
+                         f"{goal['objective']}{'' if entry['meets_goal'] else ' — does not meet the goal'}")
+            self.update(steps=steps, metrics=self._search_metrics(tried, best, base))
+        self._settle(steps, tried, best, base, "succeeded")
+
+    def _abandon(self, candidate: list[dict], status: str, reason: str) -> dict:
+        """Close a candidate that did not finish (the step it was in, the rest skipped) and drop what it stored."""
+        now = utcnow().isoformat()
+        for step in candidate:
+            if step["index"] == self.current:
+                step.update(status="failed" if status == "failed" else "cancelled", finished_at=now)
+            elif step["status"] in ("pending", "running"):
+                step.update(status="skipped")
+        self._discard_artifacts(step_indices=[s["index"] for s in candidate])
+        return {"candidate": candidate[0]["candidate"], "steps": [s["pass"] for s in candidate], "status": status,
+                "reason": reason}
+
+    def _search_metrics(self, tried: list[dict], best: tuple[dict, dict] | None, base: Baseline) -> dict:
+        metrics = {"original": base.original, "candidates": tried,
+                   "goal": {"objective": self.goal["objective"], "max_accuracy_drop": self.goal["max_accuracy_drop"],
+                            "time_budget_s": self.goal["time_budget_s"], "met": bool(best and best[0]["meets_goal"]),
+                            "best": best[0]["candidate"] if best else None,
+                            "artifact_id": best[0]["artifact_id"] if best else None}}
+        if best:
+            metrics.update(result=best[1], metric=best[0]["metric"])
+        return metrics
+
+    def _settle(self, steps: list[dict], tried: list[dict], best: tuple[dict, dict] | None, base: Baseline,
+                state: str) -> None:
+        """Finish a search with its best candidate, or the closest to the goal, flagged."""
+        if best is None and state == "succeeded":
+            raise RuntimeError("no candidate could be measured: " + "; ".join(
+                f"candidate {t['candidate']} {t['status']}: {t['reason']}" for t in tried if t["status"] != "skipped"))
+        regressions = []
+        if best and not best[0]["meets_goal"]:
+            entry = best[0]
+            regressions = [f"no candidate met the goal; candidate {entry['candidate']} ({' → '.join(entry['steps'])}) "
+                           "came closest", *(entry["regressions"] or [f"not better than the original on "
+                                                                      f"{self.goal['objective']}"])]
+        for reason in regressions:
+            self.log(f"regression: {reason}", level="warning")
+        if best:
+            self.log(f"best: candidate {best[0]['candidate']}, {best[0]['size_bytes']} bytes, score "
+                     f"{best[0]['score']:.3f}, artifact {best[0]['artifact_id']}")
+        self._finish(state, steps, metrics=self._search_metrics(tried, best, base), regressed=bool(regressions),
+                     regressions=regressions, **({"progress": 1.0} if state == "succeeded" else {}))
+
+    def _discard_artifacts(self, keep: str | None = None, step_indices: list[int] | None = None) -> None:
+        """Drop artifacts the job does not keep: a regressed preset candidate's (all of the job's), or a
+        search candidate's intermediate ones (``step_indices`` but ``keep``)."""
         with session_scope() as session:
             if not jobs.fenced_update(session, self.job_id, self.token, lease_expires_at=self._expiry()):
                 raise LeaseLost(self.job_id)
-            prefixes = jobs.delete_artifacts(session, self.job_id)
+            prefixes = jobs.delete_artifacts(session, self.job_id, steps=step_indices, keep=keep)
             on_commit(session, lambda: [self.store.delete_prefix(prefix) for prefix in prefixes])
 
     def _evaluation_data(self, target: dict):

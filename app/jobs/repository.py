@@ -95,9 +95,14 @@ def cached_result(session: Session, tenant: str, cache_key: str, job_id: str) ->
                                             Job.state == "succeeded").order_by(Job.finished_at.desc()).limit(1))
 
 
-def delete_artifacts(session: Session, job_id: str) -> list[str]:
-    """Delete the job's artifact records; returns their storage prefixes (to delete after commit)."""
-    artifacts = session.scalars(select(Artifact).where(Artifact.job_id == job_id)).all()
+def delete_artifacts(session: Session, job_id: str, steps: list[int] | None = None,
+                     keep: str | None = None) -> list[str]:
+    """Delete the job's artifact records (of ``steps`` only, if given; never ``keep``); returns their storage
+    prefixes (to delete after commit)."""
+    stmt = select(Artifact).where(Artifact.job_id == job_id, Artifact.id != (keep or ""))
+    if steps is not None:
+        stmt = stmt.where(Artifact.step.in_(steps))
+    artifacts = session.scalars(stmt).all()
     for artifact in artifacts:
         session.delete(artifact)
     return [f"artifacts/{artifact.id}" for artifact in artifacts]

@@ -54,6 +54,14 @@ class Evaluation(_Strict):
     max_accuracy_drop: float | None = Field(None, ge=0, description="Absolute, in the metric's units")
 
 
+class Goal(_Strict):
+    max_accuracy_drop: float = Field(ge=0, description="Largest allowed loss in evaluation.metric (absolute)")
+    objective: Literal["latency", "size"] = Field("latency", description="What the search minimizes: p50 "
+                                                  "latency at the target's batch sizes, or bytes")
+    time_budget_s: int = Field(600, ge=10, le=7 * 24 * 3600, description="No candidate starts after this many "
+                               "seconds, and running ones stop (the first candidate always finishes)")
+
+
 class Webhook(_Strict):
     url: str = Field(pattern=r"^https?://", max_length=2048)
 
@@ -63,6 +71,8 @@ class JobCreate(_Strict):
     artifact_id: str | None = Field(None, description="Start from an earlier job's artifact instead")
     steps: list[StepCreate] | None = Field(None, min_length=1, max_length=32)
     preset: str | None = Field(None, description="A named recipe instead of steps (GET /v1/presets)")
+    goal: Goal | None = Field(None, description="An outcome instead of steps: the service searches candidate "
+                              "recipes and returns the best within the accuracy budget")
     datasets: dict[str, str] = Field(default_factory=dict,
                                      description="Dataset ids by role: calibration, training, validation, evaluation")
     evaluation: Evaluation = Field(default_factory=Evaluation)
@@ -73,8 +83,12 @@ class JobCreate(_Strict):
     def _one_source(self) -> JobCreate:
         if (self.model_id is None) == (self.artifact_id is None):
             raise ValueError("give exactly one of model_id or artifact_id")
-        if (self.steps is None) == (self.preset is None):
-            raise ValueError("give exactly one of steps or preset")
+        if sum(x is not None for x in (self.steps, self.preset, self.goal)) != 1:
+            raise ValueError("give exactly one of steps, preset or goal")
+        if self.goal is not None:
+            for name, outside in (("max_accuracy_drop", self.evaluation), ("objective", self.target)):
+                if name in outside.model_fields_set and getattr(outside, name) != getattr(self.goal, name):
+                    raise ValueError(f"goal.{name} and the one outside the goal differ; give it once, in the goal")
         return self
 
 
@@ -85,6 +99,7 @@ class StepRead(BaseModel):
     status: StepStatus
     inserted: bool = Field(False, description="Added by the service (a format conversion, a preset's step)")
     reason: str | None = Field(None, description="Why the service added or chose this step")
+    candidate: int | None = Field(None, description="Goal jobs: the candidate recipe (1, 2, …) this step is part of")
     started_at: datetime | None = None
     finished_at: datetime | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
@@ -105,6 +120,8 @@ class JobRead(BaseModel):
     steps: list[StepRead]
     alternatives: list[list[StepRead]] = Field(
         description="A preset's fallback recipes; metrics.candidates records which ran and why each was left")
+    goal: dict[str, Any] | None = Field(description="Goal jobs: the goal and the candidates searched (their "
+                                        "steps carry `candidate`); metrics.candidates has each one's results")
     datasets: dict[str, str]
     evaluation: dict[str, Any]
     target: dict[str, Any]
@@ -136,6 +153,7 @@ class StepPlan(BaseModel):
     produces: str
     inserted: bool
     reason: str | None
+    candidate: int | None = None
 
 
 class DatasetUse(BaseModel):
@@ -159,6 +177,8 @@ class JobPlan(BaseModel):
     alternatives: list[AlternativePlan] = Field(
         description="A preset's fallbacks, run in turn from the original when the result before fails the "
                     "regression gate")
+    goal: dict[str, Any] | None = Field(
+        None, description="Goal jobs: the goal, the candidates (group, reason) and what was left out and why")
     queue: str
     waiting_reason: str | None
     datasets: dict[str, DatasetUse]

@@ -27,7 +27,7 @@ from app.jobs.schemas import JobCreate, LabelMetric
 from app.mlmodels import repository as models
 from app.models import Job, JobLog, Model
 from app.worker_registry import service as worker_registry
-from workers.passes import REGISTRY
+from workers.passes import REGISTRY, goals
 from workers.passes.presets import PRESETS
 
 TORCH_FORMATS = ("torchscript", "torch_export")
@@ -41,7 +41,7 @@ def plan(session: Session, tenant: str, payload: JobCreate) -> dict[str, Any]:
     datasets = _check_datasets(session, tenant, payload.datasets, model, errors)
     _check_target(payload, model, errors)
     _check_metric(session, tenant, payload, errors)
-    candidates = _requested_steps(payload, model, errors)
+    candidates = _requested_steps(payload, model, source_format, errors)
     live = worker_registry.live(session)
 
     def resolve(requested: list[dict], reason: str | None, problems: list[dict[str, Any]]):
@@ -52,7 +52,12 @@ def plan(session: Session, tenant: str, payload: JobCreate) -> dict[str, Any]:
             step["reason"] = step["reason"] or reason
         return steps, queue
 
-    steps, queue = resolve(*candidates[0], errors) if candidates else ([], "cpu")
+    if payload.goal is not None and not errors:
+        steps, queue, goal = _search_plan(candidates, resolve, payload)
+        candidates = []
+    else:
+        steps, queue = resolve(*candidates[0], errors) if candidates else ([], "cpu")
+        goal = None
     if errors:
         raise ValidationFailed(errors)
     alternatives = []
@@ -62,11 +67,37 @@ def plan(session: Session, tenant: str, payload: JobCreate) -> dict[str, Any]:
         if not problems and fallback_queue == queue:
             alternatives.append({"steps": fallback})
     return {"model_id": model.id, "artifact_id": payload.artifact_id, "source_format": source_format,
-            "preset": payload.preset, "steps": steps, "alternatives": alternatives, "queue": queue,
+            "preset": payload.preset, "steps": steps, "alternatives": alternatives, "goal": goal, "queue": queue,
             "datasets": datasets,
             "waiting_reason": worker_registry.waiting_reason(queue, live),
-            "target": payload.target.model_dump(mode="json"),
-            "evaluation": payload.evaluation.model_dump(mode="json", exclude_none=True)}
+            "target": {**payload.target.model_dump(mode="json"),
+                       **({"objective": payload.goal.objective} if payload.goal else {})},
+            "evaluation": {**payload.evaluation.model_dump(mode="json", exclude_none=True),
+                           **({"max_accuracy_drop": payload.goal.max_accuracy_drop} if payload.goal else {})}}
+
+
+def _search_plan(candidates, resolve, payload: JobCreate) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
+    """A goal's candidates as one list of steps (each marked with its candidate), the queue, and the goal with
+    the candidates kept and those this deployment cannot run, with why."""
+    queue = "gpu" if payload.target.device == "cuda" else "cpu"
+    steps: list[dict[str, Any]] = []
+    kept: list[dict[str, Any]] = []
+    excluded: list[dict[str, Any]] = []
+    for group, requested, why in candidates:
+        problems: list[dict[str, Any]] = []
+        resolved, candidate_queue = resolve(requested, why, problems)
+        if candidate_queue != queue:
+            problems.append({"msg": f"needs the {candidate_queue} queue; the target's device uses {queue}"})
+        if problems:
+            excluded.append({"group": group, "steps": [s["pass"] for s in requested],
+                             "reason": "; ".join(dict.fromkeys(p["msg"] for p in problems))})
+            continue
+        kept.append({"candidate": len(kept) + 1, "group": group, "reason": why})
+        steps.extend({**step, "index": len(steps) + i, "candidate": len(kept)} for i, step in enumerate(resolved))
+    if not kept:
+        raise ValidationFailed.at(["goal"], "no candidate recipe can run for this model here: " + "; ".join(
+            f"{' → '.join(e['steps'])}: {e['reason']}" for e in excluded))
+    return steps, queue, {**payload.goal.model_dump(mode="json"), "candidates": kept, "excluded": excluded}
 
 
 def _source(session: Session, tenant: str, payload: JobCreate) -> tuple[Model, str]:
@@ -134,10 +165,16 @@ def _check_metric(session: Session, tenant: str, payload: JobCreate, errors: lis
                        "dataset with a 'labels' array"})
 
 
-def _requested_steps(payload: JobCreate, model: Model, errors: list[dict[str, Any]]) -> list[tuple[list, str | None]]:
-    """The steps asked for, or a preset's candidates, each with the reason for it."""
+def _requested_steps(payload: JobCreate, model: Model, source_format: str, errors: list[dict[str, Any]]) -> list:
+    """The steps asked for, a preset's candidates, each with the reason for it, or a goal's search space
+    (group, steps, reason)."""
     if payload.steps is not None:
         return [([{"pass": s.pass_, "params": s.params} for s in payload.steps], None)]
+    if payload.goal is not None:
+        space = goals.search_space({"format": source_format, "details": model.details,
+                                    "datasets": sorted(payload.datasets)}, payload.goal.objective,
+                                   payload.target.device)
+        return [(c.group, c.steps, f"goal, {c.group}: {c.why}") for c in space]
     preset = PRESETS.get(payload.preset)
     if preset is None:
         errors.append({"loc": ["preset"], "msg": f"unknown preset {payload.preset!r}; GET /v1/presets lists them"})
@@ -226,11 +263,13 @@ def create(session: Session, tenant: str, payload: JobCreate) -> Job:
     steps = _job_steps(resolved["steps"])
     job = repository.add(session, Job(
         tenant=tenant, model_id=resolved["model_id"], source_artifact_id=payload.artifact_id, steps=steps,
-        alternatives=[_job_steps(a["steps"]) for a in resolved["alternatives"]],
+        alternatives=[_job_steps(a["steps"]) for a in resolved["alternatives"]], goal=resolved["goal"],
         queue=resolved["queue"], datasets=payload.datasets, evaluation=resolved["evaluation"],
         target=resolved["target"], webhook=payload.webhook.model_dump(mode="json") if payload.webhook else None,
         max_attempts=get_settings().max_attempts, waiting_reason=resolved["waiting_reason"]))
-    session.add(JobLog(job_id=job.id, message=f"queued on {job.queue}: " + " → ".join(s["pass"] for s in steps)))
+    recipe = (f"a search over {len(job.goal['candidates'])} candidate recipes" if job.goal
+              else " → ".join(s["pass"] for s in steps))
+    session.add(JobLog(job_id=job.id, message=f"queued on {job.queue}: {recipe}"))
     job_id, queue = job.id, job.queue
     on_commit(session, lambda: dispatch(job_id, queue))  # the row exists before any worker can look
     return job
@@ -238,8 +277,8 @@ def create(session: Session, tenant: str, payload: JobCreate) -> Job:
 
 def _job_steps(planned: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"index": s["index"], "pass": s["pass"], "params": s["params"], "status": "pending",
-             "inserted": s["inserted"], "reason": s["reason"], "started_at": None, "finished_at": None,
-             "metrics": {}} for s in planned]
+             "inserted": s["inserted"], "reason": s["reason"], "candidate": s.get("candidate"), "started_at": None,
+             "finished_at": None, "metrics": {}} for s in planned]
 
 
 def dispatch(job_id: str, queue: str) -> None:

@@ -35,6 +35,7 @@ class Job(Base):
     source_artifact_id: Mapped[str | None] = mapped_column(String(32), default=None)
     steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     alternatives: Mapped[list[list[dict[str, Any]]]] = mapped_column(JSON, default=list)
+    goal: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     datasets: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     evaluation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     target: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

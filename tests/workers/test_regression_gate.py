@@ -50,7 +50,7 @@ def test_a_preset_falls_back_when_its_first_candidate_regresses(client, trained_
     job = run_job(client, payload)
     first, chosen = job["metrics"]["candidates"]
     assert first["steps"] == ["prune.magnitude"] and first["regressions"][0].startswith("accuracy dropped by")
-    assert chosen == {"steps": ["quantize.dynamic"], "regressions": []}
+    assert chosen["steps"] == ["quantize.dynamic"] and chosen["regressions"] == [] and chosen["loss"] <= 0.02
     assert job["regressed"] is False and [s["pass"] for s in job["steps"]] == ["quantize.dynamic"]
     assert [a["metadata"]["pass"] for a in job["artifacts"]] == ["quantize.dynamic"]  # the rejected one is gone
     assert job["metrics"]["result"]["accuracy"] >= job["metrics"]["original"]["accuracy"] - 0.02
