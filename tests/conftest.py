@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,6 +123,29 @@ def client(env):
 
     with TestClient(create_app()) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def live_url(env, monkeypatch):
+    """The service over real HTTP: a uvicorn server in this process, on a free loopback port."""
+    import uvicorn
+
+    from app.core.settings import get_settings
+    from app.main import create_app
+
+    monkeypatch.setenv("TENSORPRESS_EVENTS_POLL_S", "0.05")
+    get_settings.cache_clear()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -496,7 +496,7 @@ def metric_value(result: dict[str, Any], metric: str) -> float | None:
     return result.get("fidelity", {}).get(metric, result.get(metric))
 
 
-def _original_value(original: dict[str, Any], result: dict[str, Any], metric: str) -> float | None:
+def original_value(original: dict[str, Any], result: dict[str, Any], metric: str) -> float | None:
     """The original's value of ``metric``; for fidelity metrics, its perfect agreement with itself."""
     if metric in result.get("fidelity", {}):
         return 0.0 if metric in LOWER_IS_BETTER else 1.0
@@ -505,7 +505,7 @@ def _original_value(original: dict[str, Any], result: dict[str, Any], metric: st
 
 def metric_loss(original: dict[str, Any], result: dict[str, Any], metric: str) -> float | None:
     """How much worse than the original the result is on ``metric`` (negative: better)."""
-    before, after = _original_value(original, result, metric), metric_value(result, metric)
+    before, after = original_value(original, result, metric), metric_value(result, metric)
     if before is None or after is None:
         return None
     return round(after - before if metric in LOWER_IS_BETTER else before - after, 6)
@@ -529,7 +529,7 @@ def regressions(original: dict[str, Any], result: dict[str, Any], metric: str, b
     reasons = []
     loss = metric_loss(original, result, metric)
     if budget is not None and loss is not None and loss > budget:
-        before = _original_value(original, result, metric)
+        before = original_value(original, result, metric)
         reasons.append(f"{metric} {'rose' if metric in LOWER_IS_BETTER else 'dropped'} by {loss:.4f} "
                        f"({before:.4f} → {metric_value(result, metric):.4f}), more than the allowed {budget}")
     if objective == "latency" and original["conditions"]["runtime"] == result["conditions"]["runtime"]:

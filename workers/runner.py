@@ -12,6 +12,7 @@ under new ids (byte-identical) and its metrics copied; no step runs. ``TENSORPRE
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -78,6 +79,26 @@ def _rank(entry: dict[str, Any], goal: dict[str, Any]) -> tuple:
         return 0, entry["score"], 0.0
     excess = max(0.0, (entry["loss"] or 0.0) - goal["max_accuracy_drop"])
     return 1, excess, entry["score"]
+
+
+STRUCTURAL = ("low-rank", "structured-pruning")  # goal groups that change the architecture
+
+
+def _stack(steps: list[dict], plan: list[dict], tried: list[dict]) -> dict | None:
+    """A last candidate once every planned one ran: the best structural candidate that met the goal followed by
+    the best other one that met it (their savings often add up), appended to ``steps``; None when there is no
+    such pair or it was tried."""
+    met = sorted((t for t in tried if t.get("meets_goal")), key=lambda t: t["score"])
+    structural = next((t for t in met if t["group"] in STRUCTURAL), None)
+    finishing = next((t for t in met if t["group"] not in STRUCTURAL and t["group"] != "stacked"), None)
+    if structural is None or finishing is None or any(c["group"] == "stacked" for c in plan):
+        return None
+    number = len(plan) + 1
+    why = f"goal, stacked: candidate {structural['candidate']} then candidate {finishing['candidate']}"
+    parts = [s for n in (structural["candidate"], finishing["candidate"]) for s in steps if s.get("candidate") == n]
+    steps.extend({**step, "index": len(steps) + i, "candidate": number, "status": "pending", "reason": why,
+                  "started_at": None, "finished_at": None, "metrics": {}} for i, step in enumerate(parts))
+    return {"candidate": number, "group": "stacked", "reason": why}
 
 
 class LeaseLost(Exception):
@@ -208,7 +229,7 @@ class JobRun:
             hit = jobs.cached_result(session, self.tenant, self.cache_key, self.job_id)
             if hit is None:
                 return False
-            hit_id, steps, metrics = hit.id, [dict(s) for s in hit.steps], dict(hit.metrics)
+            hit_id, steps, metrics = hit.id, copy.deepcopy(hit.steps), copy.deepcopy(hit.metrics)
             regressed, regressions = hit.regressed, list(hit.regressions)
             originals = [(new_id(), a) for a in hit.artifacts]
             for _, artifact in originals:
@@ -217,9 +238,10 @@ class JobRun:
         for artifact_id, artifact in originals:
             self.store.copy(artifact.storage_key, keys[artifact_id])
         renamed = {artifact.id: artifact_id for artifact_id, artifact in originals}
-        for step in steps:
-            if "artifact_id" in step.get("metrics", {}):
-                step["metrics"] = {**step["metrics"], "artifact_id": renamed[step["metrics"]["artifact_id"]]}
+        for record in (*(step.get("metrics", {}) for step in steps), *metrics.get("candidates", []),
+                       metrics.get("goal", {})):
+            if record.get("artifact_id"):
+                record["artifact_id"] = renamed[record["artifact_id"]]
         with session_scope() as session:
             on_commit(session, None, rollback=lambda: [self.store.delete_prefix(f"artifacts/{artifact_id}")
                                                        for artifact_id, _ in originals])
@@ -280,6 +302,7 @@ class JobRun:
             if number > 1:  # the previous candidate regressed: start again from the original
                 steps[:] = candidate
                 self._discard_artifacts()
+                tried[-1]["artifact_id"] = None
                 self.update(steps=steps, progress=0.0)
             result, entry = self._try(number, steps, steps, work_dir / f"candidate{number}", base)
             tried.append(entry)
@@ -292,9 +315,8 @@ class JobRun:
                  f"fidelity {result['fidelity']}")
         for reason in entry["regressions"]:
             self.log(f"regression: {reason}", level="warning")
-        metrics = {"original": base.original, "result": result, "metric": entry["metric"]}
-        if len(candidates) > 1:
-            metrics["candidates"] = tried
+        metrics = {"original": base.original, "result": result, "metric": entry["metric"], "candidates": tried,
+                   "metric_original": evaluation.original_value(base.original, result, entry["metric"])}
         self._finish("succeeded", steps, metrics=metrics, progress=1.0, regressed=bool(entry["regressions"]),
                      regressions=entry["regressions"])
 
@@ -325,54 +347,64 @@ class JobRun:
 
     def _search(self, steps: list[dict], work_dir: Path, base: Baseline) -> None:
         """Goal jobs: try the candidates in order until the time budget is spent, skipping a group's milder
-        levels once one met the goal; keep the best that met it (else the closest, flagged), recording the
-        best so far after each candidate. A cancelled search keeps what it found."""
+        levels once one met the goal, then stack the best structural and the best other candidate; keep the
+        best that met the goal (else the closest, flagged), recording the best so far after each candidate.
+        A cancelled search keeps what it found."""
         goal = self.goal
         deadline = time.monotonic() + goal["time_budget_s"]
+        plan = [dict(c) for c in goal["candidates"]]
         tried: list[dict] = []
-        met: set[str] = set()
+        met: dict[str, int] = {}  # by group: the most aggressive level that met the goal
+        lost: dict[str, int] = {}  # by group: the mildest level that lost more than the budget
         best: tuple[dict, dict] | None = None
-        for described in goal["candidates"]:
-            number, group = described["candidate"], described["group"]
+        for described in plan:
+            number, group, level = described["candidate"], described["group"], described.get("level", 0)
             candidate = [s for s in steps if s.get("candidate") == number]
-            skip = (f"a stronger level of {group} already met the goal" if group in met
+            skip = (f"a more aggressive level of {group} already met the goal" if level > met.get(group, level)
+                    else f"a milder level of {group} already lost too much" if level < lost.get(group, level)
                     else "the time budget was spent" if tried and time.monotonic() > deadline else None)
             if skip:
                 self._mark_rest(candidate, "skipped")
-                tried.append({"candidate": number, "group": group, "steps": [s["pass"] for s in candidate],
-                              "status": "skipped", "reason": skip})
-                continue
-            self.deadline = deadline if tried else None  # the first candidate always finishes
-            try:
-                result, entry = self._try(number, candidate, steps, work_dir / f"candidate{number}", base)
-            except Cancelled:
-                if self._cancel_requested():
-                    self._mark_rest(steps, "cancelled")
-                    self.log("cancelled; the job keeps the candidates measured so far")
-                    self._settle(steps, tried, best, base, "cancelled")
-                    return
-                entry = self._abandon(candidate, "stopped", "the time budget was spent during this candidate")
-            except LeaseLost:
-                raise
-            except Exception as exc:  # one technique failing does not end the search
-                self.log(f"candidate {number} failed in step {self.current}: {exc}\n{traceback.format_exc()}",
-                         level="warning")
-                entry = self._abandon(candidate, "failed", f"{type(exc).__name__}: {exc}")
-            finally:
-                self.deadline = None
-                self.current = None
+                entry = {"candidate": number, "steps": [s["pass"] for s in candidate], "status": "skipped",
+                         "reason": skip}
+            else:
+                self.deadline = deadline if tried else None  # the first candidate always finishes
+                try:
+                    result, entry = self._try(number, candidate, steps, work_dir / f"candidate{number}", base)
+                except Cancelled:
+                    if self._cancel_requested():
+                        self._mark_rest(steps, "cancelled")
+                        self.log("cancelled; the job keeps the candidates measured so far")
+                        self._settle(steps, tried, best, base, "cancelled")
+                        return
+                    entry = self._abandon(candidate, "stopped", "the time budget was spent during this candidate")
+                except LeaseLost:
+                    raise
+                except Exception as exc:  # one technique failing does not end the search
+                    self.log(f"candidate {number} failed in step {self.current}: {exc}\n{traceback.format_exc()}",
+                             level="warning")
+                    entry = self._abandon(candidate, "failed", f"{type(exc).__name__}: {exc}")
+                finally:
+                    self.deadline = None
+                    self.current = None
             entry["group"] = group
             tried.append(entry)
             if entry["status"] == "measured":
                 self._discard_artifacts(keep=entry["artifact_id"], step_indices=[s["index"] for s in candidate])
+                for step in candidate[:-1]:
+                    step["metrics"]["artifact_id"] = None
                 entry["meets_goal"] = not entry["regressions"] and entry["score"] < 1
                 if entry["meets_goal"]:
-                    met.add(group)
+                    met[group] = min(level, met.get(group, level))
+                if (entry["loss"] or 0) > goal["max_accuracy_drop"]:
+                    lost[group] = max(level, lost.get(group, level))
                 if best is None or _rank(entry, goal) < _rank(best[0], goal):
                     best = entry, result
                 self.log(f"candidate {number} ({group}: {' → '.join(entry['steps'])}): {entry['metric']} "
                          f"{entry['value']}, score {entry['score']:.3f} of the original's "
                          f"{goal['objective']}{'' if entry['meets_goal'] else ' — does not meet the goal'}")
+            if described is plan[-1] and (stacked := _stack(steps, plan, tried)):
+                plan.append(stacked)
             self.update(steps=steps, metrics=self._search_metrics(tried, best, base))
         self._settle(steps, tried, best, base, "succeeded")
 
@@ -384,6 +416,8 @@ class JobRun:
                 step.update(status="failed" if status == "failed" else "cancelled", finished_at=now)
             elif step["status"] in ("pending", "running"):
                 step.update(status="skipped")
+            if step["metrics"].get("artifact_id"):
+                step["metrics"]["artifact_id"] = None
         self._discard_artifacts(step_indices=[s["index"] for s in candidate])
         return {"candidate": candidate[0]["candidate"], "steps": [s["pass"] for s in candidate], "status": status,
                 "reason": reason}
@@ -395,7 +429,8 @@ class JobRun:
                             "best": best[0]["candidate"] if best else None,
                             "artifact_id": best[0]["artifact_id"] if best else None}}
         if best:
-            metrics.update(result=best[1], metric=best[0]["metric"])
+            metrics.update(result=best[1], metric=best[0]["metric"],
+                           metric_original=evaluation.original_value(base.original, best[1], best[0]["metric"]))
         return metrics
 
     def _settle(self, steps: list[dict], tried: list[dict], best: tuple[dict, dict] | None, base: Baseline,

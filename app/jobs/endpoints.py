@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from app.core.db import SessionDep
 from app.core.pagination import PageDep
 from app.core.tenancy import TenantDep
-from app.jobs import events, service
+from app.jobs import events, report, service
 from app.jobs.schemas import JobCreate, JobList, JobPlan, JobRead, JobState
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -59,3 +61,18 @@ def job_events(job_id: str, request: Request, session: SessionDep, tenant: Tenan
 def job_logs(job_id: str, session: SessionDep, tenant: TenantDep):
     """The job's log as text: what each step did, warnings, the traceback of a failure."""
     return service.logs_text(session, tenant, job_id)
+
+
+@router.get("/{job_id}/report", response_class=HTMLResponse,
+            responses={200: {"content": {"text/html": {}, "application/json": {}},
+                             "description": "A self-contained HTML page, or its data with format=json"}})
+def job_report(job_id: str, session: SessionDep, tenant: TenantDep,
+               format: Literal["html", "json"] = Query("html", description="html: a page that works offline; "
+                                                                          "json: the same data")):
+    """The job's report: original against result (size, latency, memory, accuracy), size and latency against
+    the budget's metric, the candidates and their Pareto front for goal jobs, and a timeline of the steps."""
+    job = service.get(session, tenant, job_id)
+    content = report.data(job, service.model_of(session, job))
+    if format == "json":
+        return JSONResponse(content)
+    return HTMLResponse(report.render(content), headers=report.SECURITY_HEADERS)

@@ -83,7 +83,7 @@ def _search_plan(candidates, resolve, payload: JobCreate) -> tuple[list[dict[str
     steps: list[dict[str, Any]] = []
     kept: list[dict[str, Any]] = []
     excluded: list[dict[str, Any]] = []
-    for group, requested, why in candidates:
+    for (group, level), requested, why in candidates:
         problems: list[dict[str, Any]] = []
         resolved, candidate_queue = resolve(requested, why, problems)
         if candidate_queue != queue:
@@ -92,7 +92,7 @@ def _search_plan(candidates, resolve, payload: JobCreate) -> tuple[list[dict[str
             excluded.append({"group": group, "steps": [s["pass"] for s in requested],
                              "reason": "; ".join(dict.fromkeys(p["msg"] for p in problems))})
             continue
-        kept.append({"candidate": len(kept) + 1, "group": group, "reason": why})
+        kept.append({"candidate": len(kept) + 1, "group": group, "level": level, "reason": why})
         steps.extend({**step, "index": len(steps) + i, "candidate": len(kept)} for i, step in enumerate(resolved))
     if not kept:
         raise ValidationFailed.at(["goal"], "no candidate recipe can run for this model here: " + "; ".join(
@@ -174,7 +174,7 @@ def _requested_steps(payload: JobCreate, model: Model, source_format: str, error
         space = goals.search_space({"format": source_format, "details": model.details,
                                     "datasets": sorted(payload.datasets)}, payload.goal.objective,
                                    payload.target.device)
-        return [(c.group, c.steps, f"goal, {c.group}: {c.why}") for c in space]
+        return [((c.group, c.level), c.steps, f"goal, {c.group}: {c.why}") for c in space]
     preset = PRESETS.get(payload.preset)
     if preset is None:
         errors.append({"loc": ["preset"], "msg": f"unknown preset {payload.preset!r}; GET /v1/presets lists them"})
@@ -293,6 +293,10 @@ def get(session: Session, tenant: str, job_id: str) -> Job:
     if job is None:
         raise NotFound(f"job {job_id} not found")
     return job
+
+
+def model_of(session: Session, job: Job) -> Model | None:
+    return models.get_any(session, job.model_id)
 
 
 def list_page(session: Session, tenant: str, page: Page, state: str | None) -> tuple[list[Job], str | None]:

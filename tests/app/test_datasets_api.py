@@ -106,7 +106,7 @@ def test_presets_and_preset_errors(client, uploaded_model):
     assert problem["errors"][0]["loc"] == ["preset"]
     both = client.post("/v1/jobs", json={"model_id": uploaded_model["id"], "preset": "cpu-int8",
                                          "steps": [{"pass": "quantize.dynamic"}]})
-    assert "exactly one of steps or preset" in assert_problem(both, 422)["detail"]
+    assert "exactly one of steps, preset or goal" in assert_problem(both, 422)["detail"]
 
 
 def test_the_budget_metric_must_be_known_and_label_metrics_need_labels(client, uploaded_model):

@@ -3,36 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
 import httpx
-import pytest
 
 from tests.workers.test_runner import run
-
-
-@pytest.fixture
-def live_url(env, mlp_bytes, monkeypatch):
-    import uvicorn
-
-    from app.core.settings import get_settings
-    from app.main import create_app
-
-    monkeypatch.setenv("TENSORPRESS_EVENTS_POLL_S", "0.05")
-    get_settings.cache_clear()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 def read_events(response: httpx.Response, on_first=None):

@@ -33,13 +33,24 @@ def test_goal_finds_a_smaller_model_within_one_accuracy_point(client, trained_cn
     assert best["score"] == min(c["score"] for c in measured(job) if c["meets_goal"])
     assert job["metrics"]["result"]["accuracy"] >= original["accuracy"] - 0.01
     assert job["metrics"]["result"]["size_bytes"] == best["size_bytes"] < 0.4 * original["size_bytes"]
-    # a group's milder levels are skipped once one level met the goal (percentile after minmax static int8)
+    # a group's milder levels are skipped once one level met the goal (percentile after minmax static int8); the
+    # low-rank ladder starts in the middle (50%), and goes to 25% only if 50% met the goal
     skipped = [c for c in job["metrics"]["candidates"] if c["status"] == "skipped"]
-    assert any(c["group"] == "int8-static" and "already met the goal" in c["reason"] for c in skipped)
+    assert any(c["reason"] == "a more aggressive level of int8-static already met the goal" for c in skipped)
     assert all(s["status"] == "skipped" for s in job["steps"] if s["candidate"] in {c["candidate"] for c in skipped})
+    # then the best structural candidate that met the goal stacked with the best other one
+    stacked = job["metrics"]["candidates"][-1]
+    assert stacked["group"] == "stacked" and stacked["status"] == "measured"
+    assert stacked["steps"][0] == "lowrank.svd" and len(stacked["steps"]) == 2
+    assert [s["pass"] for s in job["steps"] if s["candidate"] == stacked["candidate"]] == stacked["steps"]
     # one artifact per measured candidate, the best's among them, and it downloads
     assert sorted(a["id"] for a in job["artifacts"]) == sorted(c["artifact_id"] for c in measured(job))
     assert client.get(f"/v1/artifacts/{goal['artifact_id']}/download").status_code == 200
+
+    again = run_job(client, payload)  # the same search again: a cache hit, its artifacts under new ids
+    kept = {a["id"] for a in again["artifacts"]}
+    assert again["cache_hit"] and again["metrics"]["goal"]["artifact_id"] in kept
+    assert {c["artifact_id"] for c in measured(again)} == kept and not kept & {a["id"] for a in job["artifacts"]}
 
 
 def test_an_impossible_budget_returns_the_closest_flagged(client, trained_cnn_onnx, digits_sets):
