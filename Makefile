@@ -44,3 +44,4 @@ bench: install-test
 	$(PY) benchmarks/structured.py
 	$(PY) benchmarks/engines.py
 	$(PY) benchmarks/regression_gate.py
+	$(PY) benchmarks/goal_search.py

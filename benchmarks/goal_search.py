@@ -6,7 +6,7 @@ Starts a fresh `tensorpress up` with the default measuring settings (≥100 time
 size) and posts goal jobs: the digits CNN (ONNX, calibration and labelled evaluation sets; batch sizes 1 and
 64) within one accuracy point, for size and for latency; MiniLM-L6 (ONNX, batch 1, sequence 128) within a
 cosine drop of 0.01, for latency and for size. Prints one markdown table per job; with --screenshot, saves
-the digits latency job's report as rendered by Debian's Chromium.
+the digits size job's report as rendered by Debian's Chromium.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def screenshot(url: str, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--screenshot", type=Path, help="save the digits latency job's report here (PNG)")
+    parser.add_argument("--screenshot", type=Path, help="save the digits size job's report here (PNG)")
     parser.add_argument("--budget", type=int, default=900, help="time_budget_s of each goal job")
     args = parser.parse_args()
     x_train, _, x_test, y_test = factories.digits()
@@ -87,12 +87,12 @@ def main() -> None:
         digits = {"calibration": upload("/v1/datasets?name=cal", factories.npz_bytes(input=x_train[:256])),
                   "evaluation": upload("/v1/datasets?name=test", factories.npz_bytes(input=x_test, labels=y_test))}
         cnn = upload("/v1/models?name=digits-cnn.onnx", factories.onnx_from_torch(*factories.digits_cnn(epochs=10)))
-        for objective in ("size", "latency"):
-            job = run(f"Digits CNN, objective {objective}, max_accuracy_drop 0.01 (accuracy)", {
-                "model_id": cnn, "datasets": digits, "target": {"batch_sizes": [1, 64]},
-                "goal": {"max_accuracy_drop": 0.01, "objective": objective, "time_budget_s": args.budget}})
+        jobs = {objective: run(f"Digits CNN, objective {objective}, max_accuracy_drop 0.01 (accuracy)", {
+            "model_id": cnn, "datasets": digits, "target": {"batch_sizes": [1, 64]},
+            "goal": {"max_accuracy_drop": 0.01, "objective": objective, "time_budget_s": args.budget}})
+            for objective in ("size", "latency")}
         if args.screenshot:
-            screenshot(f"{base}/v1/jobs/{job['id']}/report", args.screenshot)
+            screenshot(f"{base}/v1/jobs/{jobs['size']['id']}/report", args.screenshot)
 
         model, evaluation, calibration = export(Path(tmp))
         with open(model, "rb") as fh:

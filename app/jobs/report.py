@@ -29,12 +29,15 @@ def data(job: Job, model: Model | None) -> dict[str, Any]:
     candidates = [dict(c) for c in metrics.get("candidates", [])]
     measured = [c for c in candidates if c["status"] == "measured"]
     batches = sorted(original["latency_ms"], key=int) if original else []
-    for c in measured:
-        c["latency_p50_ms"] = {str(b): v for b, v in c.get("latency_p50_ms", {}).items()}
     fronts = {"size": _pareto(measured, lambda c: c["size_bytes"]),
               "latency": _pareto(measured, lambda c: c["latency_p50_ms"].get(batches[0]) if batches else None)}
     for c in measured:
         c["pareto"] = {axis: c["candidate"] in front for axis, front in fronts.items()}
+    if job.goal:
+        goal = metrics.get("goal") or {k: job.goal[k] for k in ("objective", "max_accuracy_drop", "time_budget_s")}
+        chosen = goal.get("best")
+    else:  # steps and presets keep their last measured candidate
+        goal, chosen = None, measured[-1]["candidate"] if measured and result else None
     return {
         "job": {"id": job.id, "state": job.state, "created_at": _iso(job.created_at),
                 "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
@@ -42,12 +45,9 @@ def data(job: Job, model: Model | None) -> dict[str, Any]:
                 "error": job.error},
         "model": {"id": job.model_id, "name": model.name if model else None,
                   "format": model.format if model else None},
-        "recipe": ("goal" if job.goal else "steps"), "goal": metrics.get("goal") or (
-            {k: job.goal[k] for k in ("objective", "max_accuracy_drop", "time_budget_s")} if job.goal else None),
+        "recipe": "goal" if job.goal else "steps", "goal": goal, "chosen": chosen,
         "evaluation": {"metric": metric, "max_accuracy_drop": job.evaluation.get("max_accuracy_drop"),
                        "original_value": metrics.get("metric_original")},
-        "chosen": (metrics.get("goal") or {}).get("best") if job.goal else (measured[-1]["candidate"] if measured
-                                                                             and result else None),
         "target": job.target, "batch_sizes": batches,
         "comparison": {"original": original, "result": result},
         "candidates": candidates,
@@ -279,8 +279,8 @@ def render(report: dict[str, Any]) -> str:
     else:
         detail = (job["error"] or {}).get("detail", "")
         verdict = f'<div class="verdict bad"><b>{_e(job["state"])}</b> {_e(detail)}</div>'
-    recipe = (f"goal: {_e(goal['objective'])} within a {_e(metric)} drop of {_num(goal['max_accuracy_drop'])}, "
-              f"{_num(goal['time_budget_s'])} s budget" if goal else
+    recipe = (f"goal: the best {_e(goal['objective'])} within a drop of {_num(goal['max_accuracy_drop'])} in "
+              f"{_e(metric)}, {_num(goal['time_budget_s'])} s budget" if goal else
               _e(" → ".join(s["pass"] for s in report["timeline"])))
     batch = report["batch_sizes"][0] if report["batch_sizes"] else "?"
     charts = (_scatter(f"Size against {metric}", _points(report, "size"), "size (MB)", metric,

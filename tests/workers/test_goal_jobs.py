@@ -114,3 +114,18 @@ def test_goal_requests_are_checked(client, uploaded_model):
     groups = [c["group"] for c in plan["goal"]["candidates"]]
     assert groups[0] == "graph-optimization" and "int8-static" not in groups  # no calibration data, no static int8
     assert plan["goal"]["time_budget_s"] == 600 and plan["target"]["objective"] == "latency"
+
+
+def test_a_goal_leaves_out_what_this_deployment_cannot_build(client, uploaded_model):
+    from workers.passes import REGISTRY
+
+    plan = client.post("/v1/jobs?dry_run=true", json={"model_id": uploaded_model["id"], "target": {"device": "cuda"},
+                                                      "goal": {"max_accuracy_drop": 0.01}}).json()
+    groups = {c["group"] for c in plan["goal"]["candidates"]}
+    assert plan["queue"] == "gpu" and "fp16" in groups
+    reason = REGISTRY["engine.tensorrt"].unavailable_reason()
+    excluded = {e["group"]: e["reason"] for e in plan["goal"]["excluded"]}
+    if reason:  # this machine has no TensorRT: the engine is left out, saying why
+        assert "tensorrt" not in groups and reason in excluded["tensorrt"]
+    else:
+        assert "tensorrt" in groups
