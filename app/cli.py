@@ -27,8 +27,23 @@ def _check_auth(host: str) -> None:
         sys.exit(f"refusing to listen on {host} with TENSORPRESS_AUTH=disabled: anyone who can reach it could "
                  "use it. Listen on 127.0.0.1, or set TENSORPRESS_AUTH=required.")
     if auth == "required":
-        sys.exit("TENSORPRESS_AUTH=required needs API keys, which this version does not have yet: refusing to "
-                 "start rather than serve without authentication. Listen on 127.0.0.1 with auth disabled.")
+        try:
+            live = [k for k in _keys() if k.revoked_at is None]
+        except Exception:  # the database is not migrated yet (`up` migrates it next)
+            live = []
+        if not live:
+            print("TENSORPRESS_AUTH=required and no API key exists yet: every request will be refused until one "
+                  "is made with `tensorpress keys create --tenant NAME`", file=sys.stderr)
+
+
+def _keys() -> list:
+    from app.core.db import session_scope
+    from app.keys.service import list_all
+
+    with session_scope() as session:
+        keys = list_all(session)
+        session.expunge_all()
+        return keys
 
 
 def _serve(host: str, port: int) -> None:
@@ -115,6 +130,34 @@ def cmd_db_upgrade(args: argparse.Namespace) -> None:
     print(f"database at {args.revision}")
 
 
+def cmd_keys(args: argparse.Namespace) -> None:
+    """API keys, straight in the database (run where the server's settings are)."""
+    from app.core.db import session_scope
+    from app.keys import service
+
+    if args.keys_command == "create":
+        try:
+            with session_scope() as session:
+                record, key = service.create(session, args.tenant, admin=args.admin)
+                key_id = record.id
+        except ValueError as exc:
+            sys.exit(f"tensorpress keys create: {exc}")
+        print(f"key {key_id} for tenant {args.tenant}{' (admin)' if args.admin else ''}; it is shown only now, "
+              "store it safely:", file=sys.stderr)
+        print(key)
+    elif args.keys_command == "list":
+        print(f"{'id':16}  {'tenant':20}  {'admin':5}  {'created':25}  revoked")
+        for k in _keys():
+            revoked = k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else ""
+            print(f"{k.id:16}  {k.tenant:20}  {'yes' if k.admin else 'no':5}  "
+                  f"{k.created_at.isoformat(timespec='seconds'):25}  {revoked}")
+    else:
+        with session_scope() as session:
+            if not service.revoke(session, args.key_id):
+                sys.exit(f"no live key {args.key_id}")
+        print(f"key {args.key_id} revoked")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tensorpress", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = dbsub.add_parser("upgrade", help="migrate the database to the latest revision")
     p.add_argument("revision", nargs="?", default="head")
     p.set_defaults(func=cmd_db_upgrade)
+    keys = sub.add_parser("keys", help="API keys (TENSORPRESS_AUTH=required)")
+    keysub = keys.add_subparsers(dest="keys_command", required=True)
+    p = keysub.add_parser("create", help="make a key for a tenant and print it once")
+    p.add_argument("--tenant", required=True, help="lower-case letters, digits, '.', '_', '-'")
+    p.add_argument("--admin", action="store_true", help="may read and manage every tenant's resources")
+    p.set_defaults(func=cmd_keys)
+    keysub.add_parser("list", help="every key, without secrets").set_defaults(func=cmd_keys)
+    p = keysub.add_parser("revoke", help="refuse a key from now on")
+    p.add_argument("key_id")
+    p.set_defaults(func=cmd_keys)
     return parser
 
 

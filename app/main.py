@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from app.artifacts.endpoints import router as artifacts_router
 from app.core.errors import install_handlers
+from app.core.limits import JsonBodyLimit
+from app.core.tenancy import current_caller
 from app.datasets.endpoints import router as datasets_router
 from app.health.endpoints import router as health_router
 from app.jobs.endpoints import router as jobs_router
@@ -19,7 +21,8 @@ def create_app() -> FastAPI:
                   description="Compress and accelerate neural networks: upload a model, post a job, "
                               "download optimized artifacts with a report.")
     install_handlers(app)
-    for router in (models_router, datasets_router, jobs_router, artifacts_router, passes_router, workers_router,
-                   health_router):
-        app.include_router(router)
+    app.add_middleware(JsonBodyLimit)
+    for router in (models_router, datasets_router, jobs_router, artifacts_router, passes_router, workers_router):
+        app.include_router(router, dependencies=[Depends(current_caller)])  # every /v1 route: key, rate limit
+    app.include_router(health_router)
     return app

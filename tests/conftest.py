@@ -44,7 +44,9 @@ def reset_caches() -> None:
     from app.core.db import get_engine
     from app.core.queue import get_celery
     from app.core.settings import get_settings
+    from app.core.tenancy import LIMITER
 
+    LIMITER.buckets.clear()
     if get_engine.cache_info().currsize:
         get_engine().dispose()
     for cached in (get_settings, get_engine, get_celery):

@@ -96,8 +96,31 @@ def test_up_refuses_a_public_address_without_auth(tmp_path):
     assert result.returncode != 0 and "TENSORPRESS_AUTH" in result.stderr
 
 
-def test_serve_refuses_required_auth_until_api_keys_exist(tmp_path):
-    result = subprocess.run([tensorpress(), "serve", "--host", "0.0.0.0", "--port", str(free_port())], cwd=tmp_path,
-                            env={**clean_env(), "TENSORPRESS_AUTH": "required"}, capture_output=True, text=True,
-                            timeout=60, check=False)
-    assert result.returncode != 0 and "needs API keys" in result.stderr
+def test_serve_with_required_auth_takes_keys_made_by_the_cli(tmp_path):
+    env = {**clean_env(), "TENSORPRESS_AUTH": "required"}
+    subprocess.run([tensorpress(), "db", "upgrade"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([tensorpress(), "serve", "--host", "0.0.0.0", "--port", str(port)], cwd=tmp_path,
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def ready():
+            try:
+                return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, 60, "tensorpress serve")
+        assert httpx.get(f"{base}/v1/models").status_code == 401
+        made = subprocess.run([tensorpress(), "keys", "create", "--tenant", "acme"], cwd=tmp_path, env=env,
+                              check=True, capture_output=True, text=True)
+        key = made.stdout.strip()
+        assert "shown only now" in made.stderr and key.startswith("tp_")
+        response = httpx.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 200 and response.json()["items"] == []
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    assert "no API key exists yet" in (tmp_path / "serve.log").read_text()

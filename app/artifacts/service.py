@@ -7,7 +7,7 @@ from app.core.errors import NotFound
 from app.models import Artifact
 
 
-def get(session: Session, tenant: str, artifact_id: str) -> Artifact:
+def get(session: Session, tenant: str | None, artifact_id: str) -> Artifact:
     artifact = repository.get(session, tenant, artifact_id)
     if artifact is None:
         raise NotFound(f"artifact {artifact_id} not found")

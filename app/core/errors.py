@@ -10,6 +10,7 @@ Services raise these; one handler turns each into ``application/problem+json``. 
      ├── PreconditionFailed (412)
      ├── PayloadTooLarge (413)
      ├── UnsupportedMediaType (415)     an upload in a format we do not take
+     ├── TooManyRequests (429)          a rate limit or the active-jobs quota, with Retry-After
      ├── RangeNotSatisfiable (416)
      ├── ValidationFailed (422)         with ``errors: [{"loc": [...], "msg": ...}]``
      ├── UnprocessableUpload (422)      a model file in a known format that cannot be used
@@ -71,6 +72,10 @@ class PreconditionFailed(TensorPressError):
 
 class PayloadTooLarge(TensorPressError):
     status, title = 413, "Payload too large"
+
+
+class TooManyRequests(TensorPressError):
+    status, title = 429, "Too many requests"
 
 
 class UnsupportedMediaType(TensorPressError):

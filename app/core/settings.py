@@ -34,7 +34,17 @@ class Settings(BaseSettings):
     storage_url: str | None = Field(
         default=None, description="`file:///path` for the artifact store; default: `artifacts/` in the data dir."
     )
-    max_upload_bytes: int = Field(default=8 << 30, gt=0, description="Largest model or dataset upload.")
+    max_upload_bytes: int = Field(default=8 << 30, gt=0, description="Largest model upload.")
+    max_dataset_bytes: int = Field(default=2 << 30, gt=0, description="Largest dataset upload (workers load "
+                                   "datasets into memory).")
+    max_json_bytes: int = Field(default=1 << 20, gt=0, description="Largest JSON request body.")
+    max_steps: int = Field(default=32, ge=1, description="Most steps in one recipe.")
+    max_active_jobs: int = Field(default=16, ge=1, description="Queued and running jobs per tenant; a job past "
+                                 "it is refused with 429 and Retry-After.")
+    max_stored_bytes: int = Field(default=200 << 30, gt=0, description="Models, datasets and artifacts kept per "
+                                  "tenant; an upload past it is refused with 413.")
+    rate_limit_per_minute: int = Field(default=600, ge=0, description="Requests per API key (per tenant "
+                                       "without auth) and API process; 0 = unlimited.")
     auth: Literal["disabled", "required"] = Field(
         default="disabled", description="`disabled` is refused unless the server listens on loopback only."
     )

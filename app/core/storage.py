@@ -23,9 +23,10 @@ CHUNK = 1 << 20
 class StagedFile:
     """A file being received: counts and hashes every chunk, refuses to grow past ``limit``."""
 
-    def __init__(self, path: Path, limit: int) -> None:
+    def __init__(self, path: Path, limit: int, exceeded: str | None = None) -> None:
         self.path = path
         self.limit = limit
+        self.exceeded = exceeded or f"the upload exceeds the limit of {limit} bytes"
         self.size = 0
         self._hash = hashlib.sha256()
         self._fh: BinaryIO | None = open(path, "xb")  # noqa: SIM115 - closed in finish()/discard()
@@ -34,7 +35,7 @@ class StagedFile:
         assert self._fh is not None
         self.size += len(chunk)
         if self.size > self.limit:
-            raise PayloadTooLarge(f"the upload exceeds the limit of {self.limit} bytes")
+            raise PayloadTooLarge(self.exceeded)
         self._hash.update(chunk)
         self._fh.write(chunk)
 
@@ -64,8 +65,8 @@ class LocalStore:
         self.staging_dir = root / ".staging"
         self.staging_dir.mkdir(parents=True, exist_ok=True)
 
-    def stage(self, limit: int) -> StagedFile:
-        return StagedFile(self.staging_dir / uuid.uuid4().hex, limit)
+    def stage(self, limit: int, exceeded: str | None = None) -> StagedFile:
+        return StagedFile(self.staging_dir / uuid.uuid4().hex, limit, exceeded)
 
     def path(self, key: str) -> Path:
         path = (self.root / key).resolve()

@@ -12,7 +12,6 @@ from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.core.errors import BadRequest, PayloadTooLarge
-from app.core.settings import get_settings
 from app.core.storage import LocalStore, StagedFile
 
 # OpenAPI description of an upload body: raw bytes, or multipart with a `file` part.
@@ -29,10 +28,11 @@ def clean_name(name: str | None, fallback: str) -> str:
     return name[:255] or fallback
 
 
-async def stage_upload(request: Request, store: LocalStore, fallback_name: str,
-                       name: str | None) -> tuple[StagedFile, str]:
-    """Receive the body into a staged file (deleted again if receiving fails); returns it and a clean name."""
-    staged = store.stage(get_settings().max_upload_bytes)
+async def stage_upload(request: Request, store: LocalStore, fallback_name: str, name: str | None,
+                       limit: tuple[int, str]) -> tuple[StagedFile, str]:
+    """Receive the body into a staged file (deleted again if receiving fails); returns it and a clean name.
+    ``limit``: the most bytes allowed and what to say past it (see ``quotas.upload_limit``)."""
+    staged = store.stage(*limit)
     try:
         filename = await receive(request, staged)
     except BaseException:
@@ -45,7 +45,7 @@ async def receive(request: Request, staged: StagedFile, file_field: str = "file"
     """Write the upload into ``staged``; returns the client's filename for multipart bodies."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > staged.limit + (64 << 10):
-        raise PayloadTooLarge(f"the upload exceeds the limit of {staged.limit} bytes")
+        raise PayloadTooLarge(staged.exceeded)
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data":
         async for chunk in request.stream():

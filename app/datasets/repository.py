@@ -4,16 +4,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core.pagination import Page, paginate
+from app.core.tenancy import owned
 from app.models import Dataset, Job
 from app.models.job import ACTIVE_STATES
 
 
-def get(session: Session, tenant: str, dataset_id: str) -> Dataset | None:
-    return session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant == tenant))
+def get(session: Session, tenant: str | None, dataset_id: str) -> Dataset | None:
+    return session.scalar(select(Dataset).where(Dataset.id == dataset_id, *owned(Dataset, tenant)))
 
 
-def list_page(session: Session, tenant: str, page: Page) -> tuple[list[Dataset], str | None]:
-    return paginate(session, select(Dataset).where(Dataset.tenant == tenant), Dataset, page)
+def list_page(session: Session, tenant: str | None, page: Page) -> tuple[list[Dataset], str | None]:
+    return paginate(session, select(Dataset).where(*owned(Dataset, tenant)), Dataset, page)
 
 
 def add(session: Session, dataset: Dataset) -> Dataset:

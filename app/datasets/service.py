@@ -36,20 +36,20 @@ def create(session: Session, store: LocalStore, tenant: str, name: str, staged: 
                                            sha256=staged.sha256, storage_key=key, arrays=arrays, samples=samples))
 
 
-def get(session: Session, tenant: str, dataset_id: str) -> Dataset:
+def get(session: Session, tenant: str | None, dataset_id: str) -> Dataset:
     dataset = repository.get(session, tenant, dataset_id)
     if dataset is None:
         raise NotFound(f"dataset {dataset_id} not found")
     return dataset
 
 
-def list_page(session: Session, tenant: str, page: Page) -> tuple[list[Dataset], str | None]:
+def list_page(session: Session, tenant: str | None, page: Page) -> tuple[list[Dataset], str | None]:
     return repository.list_page(session, tenant, page)
 
 
-def delete(session: Session, store: LocalStore, tenant: str, dataset_id: str) -> None:
+def delete(session: Session, store: LocalStore, tenant: str | None, dataset_id: str) -> None:
     dataset = get(session, tenant, dataset_id)
-    if repository.used_by_active_job(session, tenant, dataset_id):
+    if repository.used_by_active_job(session, dataset.tenant, dataset_id):
         raise Conflict(f"dataset {dataset_id} is used by a queued or running job; cancel it first")
     repository.delete(session, dataset)
     on_commit(session, lambda: store.delete_prefix(f"datasets/{dataset_id}"))

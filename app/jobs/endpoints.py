@@ -7,7 +7,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 
 from app.core.db import SessionDep
 from app.core.pagination import PageDep
-from app.core.tenancy import TenantDep
+from app.core.tenancy import ScopeDep, TenantDep
 from app.jobs import events, report, service
 from app.jobs.schemas import JobCreate, JobList, JobPlan, JobRead, JobState
 
@@ -28,50 +28,50 @@ def create_job(payload: JobCreate, response: Response, session: SessionDep, tena
 
 
 @router.get("", response_model=JobList)
-def list_jobs(page: PageDep, session: SessionDep, tenant: TenantDep,
+def list_jobs(page: PageDep, session: SessionDep, scope: ScopeDep,
               state: JobState | None = Query(None)):
     """List jobs, newest first, optionally filtered by state."""
-    items, next_cursor = service.list_page(session, tenant, page, state)
+    items, next_cursor = service.list_page(session, scope, page, state)
     return {"items": items, "next_cursor": next_cursor}
 
 
 @router.get("/{job_id}", response_model=JobRead)
-def get_job(job_id: str, session: SessionDep, tenant: TenantDep):
+def get_job(job_id: str, session: SessionDep, scope: ScopeDep):
     """Get one job with its steps, metrics and artifacts."""
-    return service.get(session, tenant, job_id)
+    return service.get(session, scope, job_id)
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)
-def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep):
+def cancel_job(job_id: str, session: SessionDep, scope: ScopeDep):
     """Cancel a job: at once when queued, at the next check when running."""
-    return service.cancel(session, tenant, job_id)
+    return service.cancel(session, scope, job_id)
 
 
 @router.get("/{job_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}, "description": "state, step, progress, "
                                                                                 "metrics events, then done"}})
-def job_events(job_id: str, request: Request, session: SessionDep, tenant: TenantDep):
+def job_events(job_id: str, request: Request, session: SessionDep, scope: ScopeDep):
     """Follow a job as server-sent events; the stream ends with a `done` event carrying the final job."""
-    service.get(session, tenant, job_id)
-    return StreamingResponse(events.stream(tenant, job_id, request), media_type="text/event-stream",
+    service.get(session, scope, job_id)
+    return StreamingResponse(events.stream(scope, job_id, request), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.get("/{job_id}/logs", response_class=PlainTextResponse)
-def job_logs(job_id: str, session: SessionDep, tenant: TenantDep):
+def job_logs(job_id: str, session: SessionDep, scope: ScopeDep):
     """The job's log as text: what each step did, warnings, the traceback of a failure."""
-    return service.logs_text(session, tenant, job_id)
+    return service.logs_text(session, scope, job_id)
 
 
 @router.get("/{job_id}/report", response_class=HTMLResponse,
             responses={200: {"content": {"text/html": {}, "application/json": {}},
                              "description": "A self-contained HTML page, or its data with format=json"}})
-def job_report(job_id: str, session: SessionDep, tenant: TenantDep,
+def job_report(job_id: str, session: SessionDep, scope: ScopeDep,
                format: Literal["html", "json"] = Query("html", description="html: a page that works offline; "
                                                                           "json: the same data")):
     """The job's report: original against result (size, latency, memory, accuracy), size and latency against
     the budget's metric, the candidates and their Pareto front for goal jobs, and a timeline of the steps."""
-    job = service.get(session, tenant, job_id)
+    job = service.get(session, scope, job_id)
     content = report.data(job, service.model_of(session, job))
     if format == "json":
         return JSONResponse(content)

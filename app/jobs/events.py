@@ -28,7 +28,7 @@ from app.models.job import TERMINAL_STATES
 KEEPALIVE_S = 15.0
 
 
-def snapshot(tenant: str, job_id: str) -> dict[str, Any] | None:
+def snapshot(tenant: str | None, job_id: str) -> dict[str, Any] | None:
     with session_scope() as session:
         job = repository.get(session, tenant, job_id)
         return None if job is None else JobRead.model_validate(job).model_dump(mode="json", by_alias=True)
@@ -56,7 +56,7 @@ def changes(before: dict[str, Any] | None, now: dict[str, Any]) -> list[tuple[st
     return events
 
 
-async def stream(tenant: str, job_id: str, request: Request) -> AsyncIterator[str]:
+async def stream(tenant: str | None, job_id: str, request: Request) -> AsyncIterator[str]:
     poll = get_settings().events_poll_s
     before: dict[str, Any] | None = None
     sequence = 0

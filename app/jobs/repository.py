@@ -9,16 +9,17 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.core.pagination import Page, paginate
+from app.core.tenancy import owned
 from app.models import Artifact, Job, JobLog
 from app.models.base import utcnow
 
 
-def get(session: Session, tenant: str, job_id: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.id == job_id, Job.tenant == tenant))
+def get(session: Session, tenant: str | None, job_id: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.id == job_id, *owned(Job, tenant)))
 
 
-def list_page(session: Session, tenant: str, page: Page, state: str | None) -> tuple[list[Job], str | None]:
-    stmt = select(Job).where(Job.tenant == tenant)
+def list_page(session: Session, tenant: str | None, page: Page, state: str | None) -> tuple[list[Job], str | None]:
+    stmt = select(Job).where(*owned(Job, tenant))
     if state:
         stmt = stmt.where(Job.state == state)
     return paginate(session, stmt, Job, page)

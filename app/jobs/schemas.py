@@ -69,7 +69,7 @@ class Webhook(_Strict):
 class JobCreate(_Strict):
     model_id: str | None = None
     artifact_id: str | None = Field(None, description="Start from an earlier job's artifact instead")
-    steps: list[StepCreate] | None = Field(None, min_length=1, max_length=32)
+    steps: list[StepCreate] | None = Field(None, min_length=1, description="At most TENSORPRESS_MAX_STEPS")
     preset: str | None = Field(None, description="A named recipe instead of steps (GET /v1/presets)")
     goal: Goal | None = Field(None, description="An outcome instead of steps: the service searches candidate "
                               "recipes and returns the best within the accuracy budget")

@@ -19,6 +19,7 @@ from app.core.db import on_commit, session_scope
 from app.core.errors import Conflict, NotFound, ValidationFailed
 from app.core.pagination import Page
 from app.core.queue import send_job
+from app.core.quotas import check_active_jobs
 from app.core.settings import get_settings
 from app.datasets import repository as datasets_repo
 from app.datasets.service import ROLES, mismatches
@@ -169,6 +170,10 @@ def _requested_steps(payload: JobCreate, model: Model, source_format: str, error
     """The steps asked for, a preset's candidates, each with the reason for it, or a goal's search space
     (group, steps, reason)."""
     if payload.steps is not None:
+        if len(payload.steps) > (limit := get_settings().max_steps):
+            errors.append({"loc": ["steps"], "msg": f"{len(payload.steps)} steps; at most {limit} "
+                                                    "(TENSORPRESS_MAX_STEPS)"})
+            return []
         return [([{"pass": s.pass_, "params": s.params} for s in payload.steps], None)]
     if payload.goal is not None:
         space = goals.search_space({"format": source_format, "details": model.details,
@@ -259,6 +264,7 @@ def _step(index: int, spec, params: dict[str, Any], produces: str, reason: str |
 
 
 def create(session: Session, tenant: str, payload: JobCreate) -> Job:
+    check_active_jobs(session, tenant)
     resolved = plan(session, tenant, payload)
     steps = _job_steps(resolved["steps"])
     job = repository.add(session, Job(
@@ -288,7 +294,7 @@ def dispatch(job_id: str, queue: str) -> None:
         repository.mark_sent(session, job_id)
 
 
-def get(session: Session, tenant: str, job_id: str) -> Job:
+def get(session: Session, tenant: str | None, job_id: str) -> Job:
     job = repository.get(session, tenant, job_id)
     if job is None:
         raise NotFound(f"job {job_id} not found")
@@ -299,11 +305,11 @@ def model_of(session: Session, job: Job) -> Model | None:
     return models.get_any(session, job.model_id)
 
 
-def list_page(session: Session, tenant: str, page: Page, state: str | None) -> tuple[list[Job], str | None]:
+def list_page(session: Session, tenant: str | None, page: Page, state: str | None) -> tuple[list[Job], str | None]:
     return repository.list_page(session, tenant, page, state)
 
 
-def cancel(session: Session, tenant: str, job_id: str) -> Job:
+def cancel(session: Session, tenant: str | None, job_id: str) -> Job:
     """Queued jobs are cancelled at once; running ones stop at their next cancellation check."""
     job = get(session, tenant, job_id)
     if job.state == "queued" and repository.cancel_queued(session, job):
@@ -316,7 +322,7 @@ def cancel(session: Session, tenant: str, job_id: str) -> Job:
     raise Conflict(f"job {job_id} is already {job.state}")
 
 
-def logs_text(session: Session, tenant: str, job_id: str) -> str:
+def logs_text(session: Session, tenant: str | None, job_id: str) -> str:
     get(session, tenant, job_id)
     return "".join(f"{line.created_at.isoformat(timespec='milliseconds')} {line.level.upper():7} "
                    f"{line.message}\n" for line in repository.logs(session, job_id))

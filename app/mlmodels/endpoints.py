@@ -11,8 +11,10 @@ from app.core.db import SessionDep
 from app.core.downloads import download
 from app.core.errors import ValidationFailed
 from app.core.pagination import PageDep
+from app.core.quotas import upload_limit
+from app.core.settings import get_settings
 from app.core.storage import get_store
-from app.core.tenancy import TenantDep
+from app.core.tenancy import ScopeDep, TenantDep
 from app.core.uploads import UPLOAD_BODY, stage_upload
 from app.mlmodels import service
 from app.mlmodels.schemas import ModelList, ModelRead, TensorSpec
@@ -37,34 +39,36 @@ async def upload_model(request: Request, session: SessionDep, tenant: TenantDep,
     """Upload a model (raw body with ?name=, or multipart field `file`); answers once stored and inspected."""
     declared = parse_inputs(inputs) if inputs else None
     store = get_store()
-    staged, name = await stage_upload(request, store, "model", name)
+    limit = await run_in_threadpool(upload_limit, session, tenant, get_settings().max_upload_bytes,
+                                    "TENSORPRESS_MAX_UPLOAD_BYTES")
+    staged, name = await stage_upload(request, store, "model", name, limit)
     return await run_in_threadpool(service.create, session, store, tenant, name, staged, declared)
 
 
 @router.get("", response_model=ModelList)
-def list_models(page: PageDep, session: SessionDep, tenant: TenantDep):
+def list_models(page: PageDep, session: SessionDep, scope: ScopeDep):
     """List models, newest first."""
-    items, next_cursor = service.list_page(session, tenant, page)
+    items, next_cursor = service.list_page(session, scope, page)
     return {"items": items, "next_cursor": next_cursor}
 
 
 @router.get("/{model_id}", response_model=ModelRead)
-def get_model(model_id: str, session: SessionDep, tenant: TenantDep):
+def get_model(model_id: str, session: SessionDep, scope: ScopeDep):
     """Get one model."""
-    return service.get(session, tenant, model_id)
+    return service.get(session, scope, model_id)
 
 
 @router.delete("/{model_id}", status_code=204)
-def delete_model(model_id: str, session: SessionDep, tenant: TenantDep):
+def delete_model(model_id: str, session: SessionDep, scope: ScopeDep):
     """Delete a model and its file (refused while a queued or running job uses it)."""
-    service.delete(session, get_store(), tenant, model_id)
+    service.delete(session, get_store(), scope, model_id)
     return Response(status_code=204)
 
 
 @router.get("/{model_id}/download")
-def download_model(model_id: str, request: Request, session: SessionDep, tenant: TenantDep):
+def download_model(model_id: str, request: Request, session: SessionDep, scope: ScopeDep):
     """Download the model file as uploaded."""
-    model = service.get(session, tenant, model_id)
+    model = service.get(session, scope, model_id)
     suffix = model.storage_key.rsplit(".", 1)[-1]
     filename = model.name if model.name.endswith(f".{suffix}") else f"{model.name}.{suffix}"
     return download(request, get_store(), model.storage_key, model.sha256, filename)

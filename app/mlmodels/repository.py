@@ -4,12 +4,13 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from app.core.pagination import Page, paginate
+from app.core.tenancy import owned
 from app.models import Job, Model
 from app.models.job import ACTIVE_STATES
 
 
-def get(session: Session, tenant: str, model_id: str) -> Model | None:
-    return session.scalar(select(Model).where(Model.id == model_id, Model.tenant == tenant))
+def get(session: Session, tenant: str | None, model_id: str) -> Model | None:
+    return session.scalar(select(Model).where(Model.id == model_id, *owned(Model, tenant)))
 
 
 def get_any(session: Session, model_id: str) -> Model | None:
@@ -17,8 +18,8 @@ def get_any(session: Session, model_id: str) -> Model | None:
     return session.get(Model, model_id)
 
 
-def list_page(session: Session, tenant: str, page: Page) -> tuple[list[Model], str | None]:
-    return paginate(session, select(Model).where(Model.tenant == tenant), Model, page)
+def list_page(session: Session, tenant: str | None, page: Page) -> tuple[list[Model], str | None]:
+    return paginate(session, select(Model).where(*owned(Model, tenant)), Model, page)
 
 
 def add(session: Session, model: Model) -> Model:

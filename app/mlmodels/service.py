@@ -38,18 +38,18 @@ def create(session: Session, store: LocalStore, tenant: str, name: str, staged: 
         parameters=info["parameters"], details=info["details"]))
 
 
-def get(session: Session, tenant: str, model_id: str) -> Model:
+def get(session: Session, tenant: str | None, model_id: str) -> Model:
     model = repository.get(session, tenant, model_id)
     if model is None:
         raise NotFound(f"model {model_id} not found")
     return model
 
 
-def list_page(session: Session, tenant: str, page: Page) -> tuple[list[Model], str | None]:
+def list_page(session: Session, tenant: str | None, page: Page) -> tuple[list[Model], str | None]:
     return repository.list_page(session, tenant, page)
 
 
-def delete(session: Session, store: LocalStore, tenant: str, model_id: str) -> None:
+def delete(session: Session, store: LocalStore, tenant: str | None, model_id: str) -> None:
     model = get(session, tenant, model_id)
     if repository.used_by_active_job(session, model_id):
         raise Conflict(f"model {model_id} is used by a queued or running job; cancel it first")

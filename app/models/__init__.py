@@ -1,5 +1,6 @@
 """ORM classes, one file per table. Importing this package registers every table on ``Base.metadata``."""
 
+from app.models.api_key import ApiKey
 from app.models.artifact import Artifact
 from app.models.base import Base
 from app.models.dataset import Dataset
@@ -7,4 +8,4 @@ from app.models.job import Job, JobLog
 from app.models.model import Model
 from app.models.worker import Worker
 
-__all__ = ["Artifact", "Base", "Dataset", "Job", "JobLog", "Model", "Worker"]
+__all__ = ["ApiKey", "Artifact", "Base", "Dataset", "Job", "JobLog", "Model", "Worker"]
