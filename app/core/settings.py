@@ -43,6 +43,8 @@ class Settings(BaseSettings):
                                  "it is refused with 429 and Retry-After.")
     max_stored_bytes: int = Field(default=200 << 30, gt=0, description="Models, datasets and artifacts kept per "
                                   "tenant; an upload past it is refused with 413.")
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=60, description="How long an Idempotency-Key and its "
+                                   "response are kept.")
     rate_limit_per_minute: int = Field(default=600, ge=0, description="Requests per API key (per tenant "
                                        "without auth) and API process; 0 = unlimited.")
     auth: Literal["disabled", "required"] = Field(

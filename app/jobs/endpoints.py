@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import hashlib
 from typing import Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from app.core import idempotency
 from app.core.db import SessionDep
 from app.core.pagination import PageDep
 from app.core.tenancy import ScopeDep, TenantDep
@@ -17,14 +19,25 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 @router.post("", status_code=202, response_model=JobRead | JobPlan,
              responses={200: {"model": JobPlan, "description": "dry_run=true: the resolved plan"}})
 def create_job(payload: JobCreate, response: Response, session: SessionDep, tenant: TenantDep,
-               dry_run: bool = Query(False, description="Validate and answer the resolved plan; run nothing")):
+               dry_run: bool = Query(False, description="Validate and answer the resolved plan; run nothing"),
+               idempotency_key: str | None = Header(None, description="Retry-safe submission: the same key and "
+                                                    "payload answer the first response again (24 h)")):
     """Submit a job; answers 202 with its Location once recorded (200 with the plan for dry_run=true)."""
     if dry_run:
         response.status_code = 200
         return JobPlan.model_validate(service.plan(session, tenant, payload))
-    job = service.create(session, tenant, payload)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return job
+    if idempotency_key is None:
+        job = service.create(session, tenant, payload)
+        response.headers["Location"] = f"/v1/jobs/{job.id}"
+        return job
+    fingerprint = hashlib.sha256(payload.model_dump_json(by_alias=True).encode()).hexdigest()
+    reservation = idempotency.reserve(tenant, idempotency_key, "POST /v1/jobs", fingerprint)
+    if reservation.earlier is not None:
+        return idempotency.replay(reservation.earlier)
+    with idempotency.given_back_on_error(reservation):
+        job = service.create(session, tenant, payload)
+        body = JobRead.model_validate(job).model_dump(mode="json", by_alias=True)
+        return idempotency.complete(session, reservation, fingerprint, 202, body, f"/v1/jobs/{job.id}")
 
 
 @router.get("", response_model=JobList)

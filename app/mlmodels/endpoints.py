@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from app.core import idempotency
 from app.core.db import SessionDep
 from app.core.downloads import download
 from app.core.errors import ValidationFailed
@@ -35,14 +37,28 @@ def parse_inputs(raw: str) -> list[dict[str, Any]]:
 @router.post("", status_code=201, response_model=ModelRead, openapi_extra=UPLOAD_BODY)
 async def upload_model(request: Request, session: SessionDep, tenant: TenantDep,
                        name: str | None = Query(None, max_length=255),
-                       inputs: str | None = Query(None, max_length=8192, description=INPUTS_HELP)):
+                       inputs: str | None = Query(None, max_length=8192, description=INPUTS_HELP),
+                       idempotency_key: str | None = Header(None, description="Retry-safe upload: the same key "
+                                                            "and bytes answer the first response again (24 h)")):
     """Upload a model (raw body with ?name=, or multipart field `file`); answers once stored and inspected."""
     declared = parse_inputs(inputs) if inputs else None
     store = get_store()
-    limit = await run_in_threadpool(upload_limit, session, tenant, get_settings().max_upload_bytes,
-                                    "TENSORPRESS_MAX_UPLOAD_BYTES")
-    staged, name = await stage_upload(request, store, "model", name, limit)
-    return await run_in_threadpool(service.create, session, store, tenant, name, staged, declared)
+    reservation = (await run_in_threadpool(idempotency.reserve, tenant, idempotency_key, "POST /v1/models", None)
+                   if idempotency_key is not None else None)
+    with idempotency.given_back_on_error(reservation):
+        limit = await run_in_threadpool(upload_limit, session, tenant, get_settings().max_upload_bytes,
+                                        "TENSORPRESS_MAX_UPLOAD_BYTES")
+        staged, name = await stage_upload(request, store, "model", name, limit)
+        if reservation is None:
+            return await run_in_threadpool(service.create, session, store, tenant, name, staged, declared)
+        fingerprint = hashlib.sha256(json.dumps([name, declared, staged.sha256]).encode()).hexdigest()
+        if reservation.earlier is not None:
+            staged.discard()
+            idempotency.same_request(reservation, fingerprint)
+            return idempotency.replay(reservation.earlier)
+        model = await run_in_threadpool(service.create, session, store, tenant, name, staged, declared)
+        body = ModelRead.model_validate(model).model_dump(mode="json")
+        return idempotency.complete(session, reservation, fingerprint, 201, body, f"/v1/models/{model.id}")
 
 
 @router.get("", response_model=ModelList)

@@ -4,8 +4,9 @@ from app.models.api_key import ApiKey
 from app.models.artifact import Artifact
 from app.models.base import Base
 from app.models.dataset import Dataset
+from app.models.idempotency import IdempotencyKey
 from app.models.job import Job, JobLog
 from app.models.model import Model
 from app.models.worker import Worker
 
-__all__ = ["ApiKey", "Artifact", "Base", "Dataset", "Job", "JobLog", "Model", "Worker"]
+__all__ = ["ApiKey", "Artifact", "Base", "Dataset", "IdempotencyKey", "Job", "JobLog", "Model", "Worker"]
