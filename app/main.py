@@ -13,6 +13,7 @@ from app.health.endpoints import router as health_router
 from app.jobs.endpoints import router as jobs_router
 from app.mlmodels.endpoints import router as models_router
 from app.passes.endpoints import router as passes_router
+from app.webhooks.endpoints import router as webhooks_router
 from app.worker_registry.endpoints import router as workers_router
 
 
@@ -22,7 +23,8 @@ def create_app() -> FastAPI:
                               "download optimized artifacts with a report.")
     install_handlers(app)
     app.add_middleware(JsonBodyLimit)
-    for router in (models_router, datasets_router, jobs_router, artifacts_router, passes_router, workers_router):
+    for router in (models_router, datasets_router, jobs_router, artifacts_router, webhooks_router, passes_router,
+                   workers_router):
         app.include_router(router, dependencies=[Depends(current_caller)])  # every /v1 route: key, rate limit
     app.include_router(health_router)
     return app

@@ -6,6 +6,7 @@ never sent.
   several workers recover at once only one wins.
 - A queued job whose task was never sent (the broker was down when it was submitted: ``enqueued_at`` is null)
   is sent.
+- Webhook deliveries that are due (new ones whose first attempt was missed, retries) are sent.
 - Queued jobs say why they wait: ``waiting_reason`` follows the live workers (a gpu job whose only gpu worker
   died says so again; one whose worker came back says nothing).
 """
@@ -25,6 +26,7 @@ from app.jobs import repository as jobs
 from app.jobs.service import dispatch
 from app.models import Job
 from app.models.base import utcnow
+from app.webhooks import service as webhooks
 from app.worker_registry import service as worker_registry
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ def recover_once() -> dict[str, int]:
             if taken:
                 jobs.add_log(session, job.id, f"lease of {job.lease_owner} expired during attempt {job.attempt}; "
                              + ("queued again" if retry else "failing the job: no attempts left"), "warning")
+                if not retry:
+                    webhooks.record_by_id(session, job.id, "failed")
         if taken:
             counts["requeued" if retry else "failed"] += 1
             if retry:
@@ -72,6 +76,7 @@ def recover_once() -> dict[str, int]:
             counts["resent"] += 1
         except Exception:
             log.exception("could not send job %s; will try again", job_id)
+    counts["webhooks"] = webhooks.deliver_due()
     return counts
 
 

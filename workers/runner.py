@@ -35,6 +35,7 @@ from app.core.storage import get_store
 from app.jobs import repository as jobs
 from app.models import Artifact, Dataset, Job, Model
 from app.models.base import new_id, utcnow
+from app.webhooks import service as webhooks
 from workers import evaluation
 from workers.formats import force_weights_only, materialize
 from workers.heartbeat import versions
@@ -129,6 +130,8 @@ class JobRun:
     def claim(self) -> bool:
         with session_scope() as session:
             self.token = jobs.claim(session, self.job_id, self.owner, self._expiry())
+            if self.token is not None:
+                webhooks.record_by_id(session, self.job_id, "running")
         return self.token is not None
 
     def _expiry(self):
@@ -250,6 +253,7 @@ class JobRun:
                                       regressed=regressed, regressions=regressions, progress=1.0,
                                       current_step=None, finished_at=utcnow(), lease_expires_at=None):
                 raise LeaseLost(self.job_id)
+            webhooks.record_by_id(session, self.job_id, "succeeded")
             for artifact_id, artifact in originals:
                 session.add(Artifact(id=artifact_id, tenant=self.tenant, job_id=self.job_id, step=artifact.step,
                                      format=artifact.format, filename=artifact.filename, size_bytes=artifact.size_bytes,
@@ -538,8 +542,12 @@ class JobRun:
                 step.update(status=status, finished_at=now if step["status"] == "running" else None)
 
     def _finish(self, state: str, steps: list[dict], **values: Any) -> None:
-        self.update(state=state, steps=steps, finished_at=utcnow(), lease_expires_at=None, current_step=None,
-                    **values)
+        """The final write, with the webhook events of the new state in the same transaction."""
+        with session_scope() as session:
+            if not jobs.fenced_update(session, self.job_id, self.token, state=state, steps=steps,
+                                      finished_at=utcnow(), lease_expires_at=None, current_step=None, **values):
+                raise LeaseLost(self.job_id)
+            webhooks.record_by_id(session, self.job_id, state)
 
 
 def run_job(job_id: str, owner: str) -> None:

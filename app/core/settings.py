@@ -45,6 +45,14 @@ class Settings(BaseSettings):
                                   "tenant; an upload past it is refused with 413.")
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60, description="How long an Idempotency-Key and its "
                                    "response are kept.")
+    webhook_allow_private: bool = Field(default=False, description="Allow webhooks to private, loopback and "
+                                        "link-local addresses (checked after DNS resolution).")
+    webhook_max_attempts: int = Field(default=8, ge=1, description="Deliveries of one event before giving up.")
+    webhook_retry_base_s: float = Field(default=10.0, gt=0, description="First retry delay; doubles each attempt, "
+                                        "at most an hour.")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Time a webhook receiver has to answer.")
+    public_url: str | None = Field(default=None, description="The API's external base URL, for absolute links "
+                                   "in webhook payloads (relative links without it).")
     rate_limit_per_minute: int = Field(default=600, ge=0, description="Requests per API key (per tenant "
                                        "without auth) and API process; 0 = unlimited.")
     auth: Literal["disabled", "required"] = Field(

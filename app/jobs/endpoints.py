@@ -26,18 +26,20 @@ def create_job(payload: JobCreate, response: Response, session: SessionDep, tena
     if dry_run:
         response.status_code = 200
         return JobPlan.model_validate(service.plan(session, tenant, payload))
-    if idempotency_key is None:
-        job = service.create(session, tenant, payload)
-        response.headers["Location"] = f"/v1/jobs/{job.id}"
-        return job
     fingerprint = hashlib.sha256(payload.model_dump_json(by_alias=True).encode()).hexdigest()
-    reservation = idempotency.reserve(tenant, idempotency_key, "POST /v1/jobs", fingerprint)
-    if reservation.earlier is not None:
+    reservation = (idempotency.reserve(tenant, idempotency_key, "POST /v1/jobs", fingerprint)
+                   if idempotency_key is not None else None)
+    if reservation is not None and reservation.earlier is not None:
         return idempotency.replay(reservation.earlier)
     with idempotency.given_back_on_error(reservation):
         job = service.create(session, tenant, payload)
         body = JobRead.model_validate(job).model_dump(mode="json", by_alias=True)
-        return idempotency.complete(session, reservation, fingerprint, 202, body, f"/v1/jobs/{job.id}")
+        if job.webhook:
+            body["webhook"]["secret"] = job.webhook["secret"]  # shown once
+        location = f"/v1/jobs/{job.id}"
+        if reservation is None:
+            return JSONResponse(body, status_code=202, headers={"Location": location})
+        return idempotency.complete(session, reservation, fingerprint, 202, body, location)
 
 
 @router.get("", response_model=JobList)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.artifacts.schemas import ArtifactRead
 
@@ -63,7 +63,8 @@ class Goal(_Strict):
 
 
 class Webhook(_Strict):
-    url: str = Field(pattern=r"^https?://", max_length=2048)
+    url: str = Field(pattern=r"^https?://", max_length=2048, description="Receives this job's state changes; "
+                     "must resolve to public addresses. The signing secret is in the 202 answer only")
 
 
 class JobCreate(_Strict):
@@ -122,6 +123,8 @@ class JobRead(BaseModel):
         description="A preset's fallback recipes; metrics.candidates records which ran and why each was left")
     goal: dict[str, Any] | None = Field(description="Goal jobs: the goal and the candidates searched (their "
                                         "steps carry `candidate`); metrics.candidates has each one's results")
+    webhook: dict[str, str] | None = Field(description="The job's own webhook: its url (the secret is shown only "
+                                           "in the answer to the submission)")
     datasets: dict[str, str]
     evaluation: dict[str, Any]
     target: dict[str, Any]
@@ -137,6 +140,12 @@ class JobRead(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+    @field_validator("webhook")
+    @classmethod
+    def _no_secret(cls, webhook: dict[str, str] | None) -> dict[str, str] | None:
+        return {"url": webhook["url"]} if webhook else None
 
 
 class JobList(BaseModel):

@@ -27,6 +27,7 @@ from app.jobs import repository
 from app.jobs.schemas import JobCreate, LabelMetric
 from app.mlmodels import repository as models
 from app.models import Job, JobLog, Model
+from app.webhooks import service as webhooks
 from app.worker_registry import service as worker_registry
 from workers.passes import REGISTRY, goals
 from workers.passes.presets import PRESETS
@@ -42,6 +43,8 @@ def plan(session: Session, tenant: str, payload: JobCreate) -> dict[str, Any]:
     datasets = _check_datasets(session, tenant, payload.datasets, model, errors)
     _check_target(payload, model, errors)
     _check_metric(session, tenant, payload, errors)
+    if payload.webhook is not None and (problem := webhooks.check_url(payload.webhook.url)):
+        errors.append({"loc": ["webhook", "url"], "msg": problem})
     candidates = _requested_steps(payload, model, source_format, errors)
     live = worker_registry.live(session)
 
@@ -271,7 +274,8 @@ def create(session: Session, tenant: str, payload: JobCreate) -> Job:
         tenant=tenant, model_id=resolved["model_id"], source_artifact_id=payload.artifact_id, steps=steps,
         alternatives=[_job_steps(a["steps"]) for a in resolved["alternatives"]], goal=resolved["goal"],
         queue=resolved["queue"], datasets=payload.datasets, evaluation=resolved["evaluation"],
-        target=resolved["target"], webhook=payload.webhook.model_dump(mode="json") if payload.webhook else None,
+        target=resolved["target"],
+        webhook={"url": payload.webhook.url, "secret": webhooks.new_secret()} if payload.webhook else None,
         max_attempts=get_settings().max_attempts, waiting_reason=resolved["waiting_reason"]))
     recipe = (f"a search over {len(job.goal['candidates'])} candidate recipes" if job.goal
               else " → ".join(s["pass"] for s in steps))
@@ -314,6 +318,7 @@ def cancel(session: Session, tenant: str | None, job_id: str) -> Job:
     job = get(session, tenant, job_id)
     if job.state == "queued" and repository.cancel_queued(session, job):
         repository.add_log(session, job.id, "cancelled before a worker took it")
+        webhooks.record(session, job, "cancelled")
         return job
     if job.state == "running":
         repository.request_cancel(session, job)

@@ -7,6 +7,8 @@ from app.models.dataset import Dataset
 from app.models.idempotency import IdempotencyKey
 from app.models.job import Job, JobLog
 from app.models.model import Model
+from app.models.webhook import Webhook, WebhookDelivery
 from app.models.worker import Worker
 
-__all__ = ["ApiKey", "Artifact", "Base", "Dataset", "IdempotencyKey", "Job", "JobLog", "Model", "Worker"]
+__all__ = ["ApiKey", "Artifact", "Base", "Dataset", "IdempotencyKey", "Job", "JobLog", "Model", "Webhook",
+           "WebhookDelivery", "Worker"]
