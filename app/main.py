@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from fastapi import Depends, FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from app.artifacts.endpoints import router as artifacts_router
-from app.core.errors import install_handlers
+from app.core.errors import document_problems, install_handlers
 from app.core.limits import JsonBodyLimit
 from app.core.tenancy import current_caller
 from app.datasets.endpoints import router as datasets_router
@@ -27,4 +28,12 @@ def create_app() -> FastAPI:
                    workers_router):
         app.include_router(router, dependencies=[Depends(current_caller)])  # every /v1 route: key, rate limit
     app.include_router(health_router)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_problems(get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes))
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app

@@ -125,8 +125,11 @@ def inspect_torchscript(path: Path, declared: list[dict[str, Any]] | None) -> di
     except FormatRefused:
         raise
     except Exception as exc:
-        raise FormatRefused(422, f"the module does not run on the declared inputs: "
-                                 f"{str(exc).splitlines()[0][:300]}") from exc
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        cause = lines[-1] if lines else type(exc).__name__  # TorchScript puts the cause last, under its trace
+        if "allocate" in cause:
+            cause = f"it ran out of its memory limit ({cause})"
+        raise FormatRefused(422, f"the module does not run on the declared inputs: {cause[:300]}") from exc
     batch = next((s["shape"][0] for s in declared if s["shape"] and isinstance(s["shape"][0], str)), None)
     out_specs = [{"name": "output" if len(outputs) == 1 else f"output_{i}",
                   "dtype": str(o.dtype).removeprefix("torch."),

@@ -143,6 +143,32 @@ def install_handlers(app: FastAPI) -> None:
         return problem_response(TensorPressError("An unexpected error occurred; it has been logged."))
 
 
+PROBLEM_SCHEMA = {
+    "type": "object", "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object", "required": ["loc", "msg"], "properties": {
+            "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+            "msg": {"type": "string"}}}}},
+    "description": "RFC 9457 problem details; validation failures add errors[] naming each field"}
+
+
+def document_problems(schema: dict) -> dict:
+    """Every operation's errors in the OpenAPI document as they are: application/problem+json (FastAPI's
+    default 422 schema describes a body this service never sends)."""
+    schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    for schema_name in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(schema_name, None)
+    problem = {"content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            responses["422"] = {"description": "Validation failed", **problem}
+            responses["default"] = {"description": "An error (4xx), as problem details", **problem}
+    return schema
+
+
 def _reason(status: int) -> str:
     from http import HTTPStatus
 

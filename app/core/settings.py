@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     )
     cache: Literal["on", "off"] = Field(default="on", description="Content-addressed result cache.")
     job_time_limit_s: int = Field(default=6 * 3600, gt=0, description="Hard limit for one job attempt.")
+    job_memory_bytes: int = Field(default=0, ge=0, description="Address-space limit of a job's process on CPU "
+                                  "machines; 0 = 80% of RAM (none on GPU machines).")
     lease_s: int = Field(default=60, ge=2, description="Job lease; a worker renews it every third of this.")
     max_attempts: int = Field(default=3, ge=1, description="Deliveries of a job before it fails for good.")
     inspect_memory_bytes: int = Field(

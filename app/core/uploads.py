@@ -11,7 +11,7 @@ import re
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from app.core.errors import BadRequest, PayloadTooLarge
+from app.core.errors import BadRequest, PayloadTooLarge, ValidationFailed
 from app.core.storage import LocalStore, StagedFile
 
 # OpenAPI description of an upload body: raw bytes, or multipart with a `file` part.
@@ -22,23 +22,33 @@ UPLOAD_BODY = {"requestBody": {"content": {
     "required": True}}
 
 
-def clean_name(name: str | None, fallback: str) -> str:
-    """A display name from user input: no directories, no control characters, at most 255 characters."""
-    name = re.sub(r"[\x00-\x1f\x7f]", "", (name or "").replace("\\", "/").rsplit("/", 1)[-1]).strip()
-    return name[:255] or fallback
+def display_name(name: str | None, filename: str | None, fallback: str) -> str:
+    """The name to record: ``?name=`` as given, or the last component of a multipart filename (browsers may
+    send a whole client path). Control characters (CR/LF could forge headers or logs) and, in ``?name=``,
+    path separators or dot names are refused with 422 rather than quietly changed."""
+    loc = ["query", "name"] if name is not None else ["body", "file", "filename"]
+    if name is None:
+        name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    elif "/" in name or "\\" in name or name.strip() in (".", ".."):
+        raise ValidationFailed.at(loc, "a name may not contain '/' or '\\' or be '.' or '..'")
+    if re.search(r"[\x00-\x1f\x7f]", name):
+        raise ValidationFailed.at(loc, "a name may not contain control characters (CR, LF, NUL, …)")
+    return name.strip()[:255] or fallback
 
 
 async def stage_upload(request: Request, store: LocalStore, fallback_name: str, name: str | None,
                        limit: tuple[int, str]) -> tuple[StagedFile, str]:
     """Receive the body into a staged file (deleted again if receiving fails); returns it and a clean name.
     ``limit``: the most bytes allowed and what to say past it (see ``quotas.upload_limit``)."""
+    if name is not None:
+        name = display_name(name, None, fallback_name)  # refused before a byte is stored
     staged = store.stage(*limit)
     try:
         filename = await receive(request, staged)
+        return staged, name or display_name(None, filename, fallback_name)
     except BaseException:
         staged.discard()
         raise
-    return staged, clean_name(name or filename, fallback_name)
 
 
 async def receive(request: Request, staged: StagedFile, file_field: str = "file") -> str | None:

@@ -64,12 +64,15 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
 def resolve_public(url: str) -> tuple[str, str, int, list[str]]:
     """The URL's scheme, host, port and resolved addresses; UnsafeUrl unless each address may be called."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise UnsafeUrl(f"not a valid URL: {exc}") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnsafeUrl("a webhook URL must be http:// or https:// with a host")
     if parts.username or parts.password:
         raise UnsafeUrl("a webhook URL may not carry credentials")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:

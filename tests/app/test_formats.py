@@ -119,17 +119,12 @@ def test_onnx_zip_with_external_data(client, mlp_bytes):
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
-@pytest.mark.parametrize(("archive", "message"), [
-    (lambda m: factories.onnx_zip_bytes(m, escape="../outside.bin"), "outside the model's folder"),
-    (lambda m: factories.onnx_zip_bytes(m, escape="/etc/passwd"), "outside the model's folder"),
+@pytest.mark.parametrize(("archive", "message"), [  # hostile zips: tests/app/test_hostile_corpus.py
     (lambda m: factories.onnx_zip_bytes(m, escape="missing.bin"), "missing"),
-    (lambda m: factories.zip_bytes({"../evil.onnx": m}), "unsafe entry name"),
-    (lambda m: factories.zip_bytes({"net/model.onnx": m}, symlink="net/weights.bin"), "link"),
-    (lambda m: factories.zip_bytes({"net/model.onnx": m, "net/pad.bin": b"\0" * (64 << 20)}), "compressed"),
     (lambda m: factories.zip_bytes({"a.onnx": m, "b.onnx": m}), "exactly one .onnx"),
     (lambda m: factories.zip_bytes({"readme.txt": b"hello"}), "exactly one .onnx"),
 ])
-def test_hostile_onnx_zips_are_refused(client, mlp_bytes, env, archive, message):
+def test_unusable_onnx_zips_are_refused(client, mlp_bytes, env, archive, message):
     response = upload(client, archive(mlp_bytes))
     assert response.status_code in (415, 422), response.text
     assert message in response.json()["detail"]
