@@ -5,7 +5,9 @@ never sent.
   reason once it has used all its attempts. The conditional update names the old fencing token, so when
   several workers recover at once only one wins.
 - A queued job whose task was never sent (the broker was down when it was submitted: ``enqueued_at`` is null)
-  is sent.
+  is sent; one sent more than ``TENSORPRESS_RESEND_AFTER_S`` ago while its broker queue is empty (the broker
+  lost the message: Redis restarted without persistence, a queue was purged) is sent again. A duplicate
+  message is harmless: the lease lets only one delivery run the job.
 - Webhook deliveries that are due (new ones whose first attempt was missed, retries) are sent.
 - Queued jobs say why they wait: ``waiting_reason`` follows the live workers (a gpu job whose only gpu worker
   died says so again; one whose worker came back says nothing).
@@ -20,7 +22,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 
 from app.core.db import session_scope
-from app.core.queue import QUEUES
+from app.core.queue import QUEUES, send_job, waiting_messages
 from app.core.settings import get_settings
 from app.jobs import repository as jobs
 from app.jobs.service import dispatch
@@ -35,7 +37,7 @@ UNSENT_GRACE_S = 5
 
 def recover_once() -> dict[str, int]:
     now = utcnow()
-    counts = {"requeued": 0, "failed": 0, "resent": 0}
+    counts = {"requeued": 0, "failed": 0, "resent": 0, "lost": 0}
     with session_scope() as session:
         live = worker_registry.live(session)
         for queue in QUEUES:
@@ -76,8 +78,30 @@ def recover_once() -> dict[str, int]:
             counts["resent"] += 1
         except Exception:
             log.exception("could not send job %s; will try again", job_id)
+    for job_id, queue in _lost(now):
+        try:
+            send_job(job_id, queue)
+            with session_scope() as session:
+                session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+                jobs.add_log(session, job_id, "its message was missing from the broker; sent again", "warning")
+            counts["lost"] += 1
+        except Exception:
+            log.exception("could not send job %s again; will try again", job_id)
     counts["webhooks"] = webhooks.deliver_due()
     return counts
+
+
+def _lost(now) -> list[tuple[str, str]]:
+    """Queued jobs sent a while ago whose broker queue is empty: their messages were lost."""
+    cutoff = now - timedelta(seconds=get_settings().resend_after_s)
+    lost = []
+    for queue in QUEUES:
+        if waiting_messages(queue) != 0:
+            continue
+        with session_scope() as session:
+            lost += [tuple(row) for row in session.execute(select(Job.id, Job.queue).where(
+                Job.state == "queued", Job.queue == queue, Job.enqueued_at < cutoff))]
+    return lost
 
 
 def start_loop() -> threading.Event:

@@ -23,13 +23,15 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from app.core.db import on_commit, session_scope
+from sqlalchemy.orm import Session
+
+from app.core.db import on_commit, session_scope, with_retries
 from app.core.settings import get_settings
 from app.core.storage import get_store
 from app.jobs import repository as jobs
@@ -102,6 +104,10 @@ def _stack(steps: list[dict], plan: list[dict], tried: list[dict]) -> dict | Non
     return {"candidate": number, "group": "stacked", "reason": why}
 
 
+class TimeLimitExceeded(Exception):
+    """The job ran past its time limit: it fails with that reason (it is not retried)."""
+
+
 class LeaseLost(Exception):
     """Another worker owns the job now; this one must stop writing."""
 
@@ -123,6 +129,8 @@ class JobRun:
         self.tenant = ""
         self.cache_key = ""
         self.models: dict[str, tuple[Path, str]] = {}  # other uploaded models the steps name (students)
+        self.time_limit_s = self.settings.job_time_limit_s
+        self.time_limit_at = float("inf")  # time.monotonic() when this attempt must stop
         self.lost = threading.Event()
         self._stop = threading.Event()
 
@@ -148,23 +156,32 @@ class JobRun:
                 log.exception("lease renewal failed for job %s", self.job_id)
 
     def update(self, **values: Any) -> None:
-        with session_scope() as session:
+        self._fenced(lambda session: None, **values)
+
+    def _fenced(self, work: Callable[[Session], Any], **values: Any) -> Any:
+        """``values`` written to the job and ``work`` done in one transaction, only while this runner holds
+        the lease; retried when the database drops the connection (a restart)."""
+        def unit(session: Session) -> Any:
             if not jobs.fenced_update(session, self.job_id, self.token, **values):
                 raise LeaseLost(self.job_id)
+            return work(session)
+
+        return with_retries(unit)
 
     def log(self, message: str, level: str = "info") -> None:
-        with session_scope() as session:
-            jobs.add_log(session, self.job_id, message, level)
+        with_retries(lambda session: jobs.add_log(session, self.job_id, message, level))
 
     def cancelled(self) -> bool:
-        """Whether a pass should stop: cancellation was requested, or a goal search's time budget is spent."""
+        """Whether a pass should stop: cancellation was requested, or a goal search's time budget is spent.
+        Past the job's time limit it raises :class:`TimeLimitExceeded` instead."""
         if self.lost.is_set():
             raise LeaseLost(self.job_id)
+        if time.monotonic() > self.time_limit_at:
+            raise TimeLimitExceeded(f"the job ran past its time limit of {self.time_limit_s} s")
         return (self.deadline is not None and time.monotonic() > self.deadline) or self._cancel_requested()
 
     def _cancel_requested(self) -> bool:
-        with session_scope() as session:
-            return jobs.cancel_requested(session, self.job_id)
+        return with_retries(lambda session: jobs.cancel_requested(session, self.job_id))
 
     # --- the run -------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -205,6 +222,13 @@ class JobRun:
             self.evaluation = dict(job.evaluation)
             self.alternatives = [[dict(s) for s in alternative] for alternative in job.alternatives]
             self.goal = job.goal
+            self.time_limit_s = min(job.time_limit_s or self.time_limit_s, self.time_limit_s)
+            self.time_limit_at = time.monotonic() + self.time_limit_s
+            if job.attempt > 1:  # an earlier attempt died: start over, nothing of it is kept
+                for step in steps:
+                    step.update(status="pending", started_at=None, finished_at=None, metrics={})
+                prefixes = jobs.delete_artifacts(session, self.job_id)
+                on_commit(session, lambda: [self.store.delete_prefix(prefix) for prefix in prefixes])
             self.tenant = job.tenant
             self.cache_key = self._cache_key(job, model, source, session)
             self.log(f"attempt {job.attempt} started by {self.owner}")
@@ -382,7 +406,7 @@ class JobRun:
                         self._settle(steps, tried, best, base, "cancelled")
                         return
                     entry = self._abandon(candidate, "stopped", "the time budget was spent during this candidate")
-                except LeaseLost:
+                except (LeaseLost, TimeLimitExceeded):
                     raise
                 except Exception as exc:  # one technique failing does not end the search
                     self.log(f"candidate {number} failed in step {self.current}: {exc}\n{traceback.format_exc()}",
@@ -460,11 +484,11 @@ class JobRun:
     def _discard_artifacts(self, keep: str | None = None, step_indices: list[int] | None = None) -> None:
         """Drop artifacts the job does not keep: a regressed preset candidate's (all of the job's), or a
         search candidate's intermediate ones (``step_indices`` but ``keep``)."""
-        with session_scope() as session:
-            if not jobs.fenced_update(session, self.job_id, self.token, lease_expires_at=self._expiry()):
-                raise LeaseLost(self.job_id)
+        def drop(session: Session) -> None:
             prefixes = jobs.delete_artifacts(session, self.job_id, steps=step_indices, keep=keep)
             on_commit(session, lambda: [self.store.delete_prefix(prefix) for prefix in prefixes])
+
+        self._fenced(drop, lease_expires_at=self._expiry())
 
     def _evaluation_data(self, target: dict):
         """Inputs (and labels) that original and result are compared on: the evaluation dataset, or
@@ -521,16 +545,16 @@ class JobRun:
         artifact_id = new_id()
         filename = f"{self.job_id[:8]}-step{index}-{pass_name}.{EXTENSIONS.get(result.format, 'bin')}"
         key = f"artifacts/{artifact_id}/{filename}"
-        size, sha256 = self.store.put_file(result.model_path, key)
-        with session_scope() as session:
+
+        def record(session: Session) -> int:  # bytes and row land together, or neither (a retry puts both again)
             on_commit(session, None, rollback=lambda: self.store.delete_prefix(f"artifacts/{artifact_id}"))
-            if not jobs.fenced_update(session, self.job_id, self.token, lease_expires_at=self._expiry()):
-                raise LeaseLost(self.job_id)
-            tenant = session.get(Job, self.job_id).tenant
-            session.add(Artifact(id=artifact_id, tenant=tenant, job_id=self.job_id, step=index,
+            size, sha256 = self.store.put_file(result.model_path, key)
+            session.add(Artifact(id=artifact_id, tenant=self.tenant, job_id=self.job_id, step=index,
                                  format=result.format, filename=filename, size_bytes=size, sha256=sha256,
                                  storage_key=key, metadata_={"pass": pass_name, **result.metadata}))
-        return {"id": artifact_id, "size": size}
+            return size
+
+        return {"id": artifact_id, "size": self._fenced(record, lease_expires_at=self._expiry())}
 
     def _mark_rest(self, steps: list[dict], status: str, failed: int | None = None) -> None:
         """Close the steps that did not finish: the failed one, and the rest as ``status``."""
@@ -543,11 +567,8 @@ class JobRun:
 
     def _finish(self, state: str, steps: list[dict], **values: Any) -> None:
         """The final write, with the webhook events of the new state in the same transaction."""
-        with session_scope() as session:
-            if not jobs.fenced_update(session, self.job_id, self.token, state=state, steps=steps,
-                                      finished_at=utcnow(), lease_expires_at=None, current_step=None, **values):
-                raise LeaseLost(self.job_id)
-            webhooks.record_by_id(session, self.job_id, state)
+        self._fenced(lambda session: webhooks.record_by_id(session, self.job_id, state), state=state, steps=steps,
+                     finished_at=utcnow(), lease_expires_at=None, current_step=None, **values)
 
 
 def run_job(job_id: str, owner: str) -> None:

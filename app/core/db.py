@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.settings import get_settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def make_engine(url: str) -> Engine:
@@ -60,6 +63,23 @@ def session_scope() -> Iterator[Session]:
         _run_hooks(session, "tp_on_commit")
     finally:
         session.close()
+
+
+def with_retries(work: Callable[[Session], T], *, for_s: float = 120) -> T:
+    """Run ``work`` as one unit of work; when the database connection drops (a restart, a failover, a locked
+    SQLite file) run the whole unit again, backing off, for up to ``for_s`` seconds. ``work`` must be safe to
+    repeat: its effects are rolled back (and its on-commit rollback hooks run) when an attempt fails."""
+    deadline, delay = time.monotonic() + for_s, 0.25
+    while True:
+        try:
+            with session_scope() as session:
+                return work(session)
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unavailable (%s); retrying in %.1f s", str(exc).splitlines()[0][:200], delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def on_commit(session: Session, action: Callable[[], None] | None,

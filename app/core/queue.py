@@ -7,6 +7,7 @@ which works across processes on one machine with no server.
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import Any
 
@@ -15,6 +16,7 @@ from kombu import Queue
 
 from app.core.settings import Settings, get_settings
 
+log = logging.getLogger(__name__)
 RUN_JOB = "jobs.run"
 QUEUES = ("cpu", "gpu")
 
@@ -62,6 +64,24 @@ def get_celery() -> Celery:
 
 def send_job(job_id: str, queue: str) -> None:
     get_celery().send_task(RUN_JOB, args=[job_id], queue=queue, routing_key=queue)
+
+
+def waiting_messages(queue: str) -> int | None:
+    """Messages waiting in the broker's ``queue`` (a queue the broker does not know holds none); None when
+    the broker cannot be asked."""
+    from amqp.exceptions import ChannelError
+
+    try:
+        with get_celery().connection_for_write() as conn:
+            return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+    except ChannelError as exc:
+        if "404" in str(exc):  # kombu's Redis transport: no binding for the queue, so nothing in it
+            return 0
+        log.warning("could not count the messages in queue %s", queue, exc_info=True)
+        return None
+    except Exception:
+        log.warning("could not count the messages in queue %s", queue, exc_info=True)
+        return None
 
 
 def check_broker() -> None:

@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     )
     archive_max_ratio: float = Field(default=200.0, gt=1, description="Largest compression ratio of a zip entry.")
     inspect_timeout_s: int = Field(default=120, gt=0, description="Time limit for inspecting one upload.")
+    resend_after_s: int = Field(default=60, ge=1, description="A queued job sent this long ago is sent again when "
+                                "its broker queue is empty (the broker lost the message: a restart, a purge).")
     heartbeat_s: int = Field(default=10, ge=1, description="How often workers report; 3 missed beats = gone.")
     fake_gpu_queue: bool = Field(
         default=False, description="Tests only: let a worker without a GPU serve the gpu queue."

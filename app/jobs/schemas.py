@@ -79,6 +79,8 @@ class JobCreate(_Strict):
     evaluation: Evaluation = Field(default_factory=Evaluation)
     target: Target = Field(default_factory=Target)
     webhook: Webhook | None = None
+    time_limit_s: int | None = Field(None, ge=1, description="Fail an attempt that runs longer than this "
+                                     "(at most, and by default, TENSORPRESS_JOB_TIME_LIMIT_S)")
 
     @model_validator(mode="after")
     def _one_source(self) -> JobCreate:
@@ -128,6 +130,7 @@ class JobRead(BaseModel):
     datasets: dict[str, str]
     evaluation: dict[str, Any]
     target: dict[str, Any]
+    time_limit_s: int | None
     attempt: int
     max_attempts: int
     waiting_reason: str | None

@@ -43,6 +43,8 @@ def plan(session: Session, tenant: str, payload: JobCreate) -> dict[str, Any]:
     datasets = _check_datasets(session, tenant, payload.datasets, model, errors)
     _check_target(payload, model, errors)
     _check_metric(session, tenant, payload, errors)
+    if (payload.time_limit_s or 0) > (limit := get_settings().job_time_limit_s):
+        errors.append({"loc": ["time_limit_s"], "msg": f"at most {limit} s here (TENSORPRESS_JOB_TIME_LIMIT_S)"})
     if payload.webhook is not None and (problem := webhooks.check_url(payload.webhook.url)):
         errors.append({"loc": ["webhook", "url"], "msg": problem})
     candidates = _requested_steps(payload, model, source_format, errors)
@@ -276,7 +278,8 @@ def create(session: Session, tenant: str, payload: JobCreate) -> Job:
         queue=resolved["queue"], datasets=payload.datasets, evaluation=resolved["evaluation"],
         target=resolved["target"],
         webhook={"url": payload.webhook.url, "secret": webhooks.new_secret()} if payload.webhook else None,
-        max_attempts=get_settings().max_attempts, waiting_reason=resolved["waiting_reason"]))
+        max_attempts=get_settings().max_attempts, waiting_reason=resolved["waiting_reason"],
+        time_limit_s=payload.time_limit_s))
     recipe = (f"a search over {len(job.goal['candidates'])} candidate recipes" if job.goal
               else " → ".join(s["pass"] for s in steps))
     session.add(JobLog(job_id=job.id, message=f"queued on {job.queue}: {recipe}"))

@@ -36,6 +36,7 @@ class Job(Base):
     steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     alternatives: Mapped[list[list[dict[str, Any]]]] = mapped_column(JSON, default=list)
     goal: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    time_limit_s: Mapped[int | None] = mapped_column(Integer, default=None)
     datasets: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     evaluation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     target: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

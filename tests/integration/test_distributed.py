@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REDIS_URL, require
 from tests.factories import onnx_mlp, run_onnx
 
 pytestmark = pytest.mark.integration
@@ -27,21 +26,6 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-@pytest.fixture
-def redis_broker(monkeypatch):
-    require("127.0.0.1", 6379, "Redis")
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    monkeypatch.setenv("TENSORPRESS_BROKER_URL", REDIS_URL)
-    from tests.conftest import reset_caches
-
-    reset_caches()
-    yield REDIS_URL
-    client.flushdb()
 
 
 @pytest.fixture

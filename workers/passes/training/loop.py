@@ -79,7 +79,7 @@ def fit(ctx: PassContext, module: Any, names: list[str], arrays: dict[str, Any],
             optimizer.step()
             if after_step is not None:
                 after_step()
-            total += float(loss) * len(batch)
+            total += loss.item() * len(batch)
             ctx.progress((epoch + (start + len(batch)) / samples) / params.epochs)
         losses.append(round(total / samples, 6))
         message = f"epoch {epoch + 1}/{params.epochs}: loss {losses[-1]:.4f}"
