@@ -45,3 +45,4 @@ bench: install-test
 	$(PY) benchmarks/engines.py
 	$(PY) benchmarks/regression_gate.py
 	$(PY) benchmarks/goal_search.py
+	$(PY) benchmarks/reliability.py

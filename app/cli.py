@@ -49,9 +49,11 @@ def _keys() -> list:
 def _serve(host: str, port: int) -> None:
     import uvicorn
 
+    from app.core.logs import configure_logging
     from app.main import create_app
 
-    uvicorn.run(create_app(), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    configure_logging()
+    uvicorn.run(create_app(), host=host, port=port, log_config=None, log_level="info", timeout_graceful_shutdown=5)
 
 
 def _worker_argv(queues: str, concurrency: int, name: str | None = None) -> list[str]:
@@ -130,6 +132,25 @@ def cmd_db_upgrade(args: argparse.Namespace) -> None:
     print(f"database at {args.revision}")
 
 
+def cmd_check(args: argparse.Namespace) -> None:
+    """Storage against the database: bytes without a row, rows without their bytes."""
+    from app.core.consistency import check
+    from app.core.db import session_scope
+    from app.core.storage import get_store
+
+    with session_scope() as session:
+        report = check(session, get_store(), fix=args.fix)
+    for prefix in report.orphans:
+        print(f"{'removed' if prefix in report.removed else 'orphan'}: {prefix} (stored, no row)")
+    for line in report.missing:
+        print(f"missing: {line} (row, no bytes)")
+    for item in report.removed:
+        if item.startswith(".staging/"):
+            print(f"removed: {item} (stale staging file)")
+    print("consistent" if report.ok else "inconsistent", file=sys.stderr)
+    sys.exit(0 if report.ok else 1)
+
+
 def cmd_keys(args: argparse.Namespace) -> None:
     """API keys, straight in the database (run where the server's settings are)."""
     from app.core.db import session_scope
@@ -179,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = dbsub.add_parser("upgrade", help="migrate the database to the latest revision")
     p.add_argument("revision", nargs="?", default="head")
     p.set_defaults(func=cmd_db_upgrade)
+    p = sub.add_parser("check", help="storage against the database: orphaned bytes, rows without bytes")
+    p.add_argument("--fix", action="store_true", help="delete bytes no row has claimed for an hour, and stale "
+                   "staging files (rows without bytes are only reported)")
+    p.set_defaults(func=cmd_check)
     keys = sub.add_parser("keys", help="API keys (TENSORPRESS_AUTH=required)")
     keysub = keys.add_subparsers(dest="keys_command", required=True)
     p = keysub.add_parser("create", help="make a key for a tenant and print it once")

@@ -8,6 +8,7 @@ from fastapi.openapi.utils import get_openapi
 from app.artifacts.endpoints import router as artifacts_router
 from app.core.errors import document_problems, install_handlers
 from app.core.limits import JsonBodyLimit
+from app.core.metrics import HttpMetrics
 from app.core.tenancy import current_caller
 from app.datasets.endpoints import router as datasets_router
 from app.health.endpoints import router as health_router
@@ -24,6 +25,7 @@ def create_app() -> FastAPI:
                               "download optimized artifacts with a report.")
     install_handlers(app)
     app.add_middleware(JsonBodyLimit)
+    app.add_middleware(HttpMetrics)
     for router in (models_router, datasets_router, jobs_router, artifacts_router, webhooks_router, passes_router,
                    workers_router):
         app.include_router(router, dependencies=[Depends(current_caller)])  # every /v1 route: key, rate limit

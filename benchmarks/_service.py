@@ -21,10 +21,12 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def service(command: str, work_dir: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+def service(command: str, work_dir: Path, settings: dict[str, str] | None = None
+            ) -> Iterator[tuple[str, subprocess.Popen]]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TENSORPRESS_")}
     env["TENSORPRESS_DATA_DIR"] = str(work_dir / "data")
+    env.update(settings or {})
     exe = str(Path(sys.executable).parent / "tensorpress")
     if command == "serve":
         subprocess.run([exe, "db", "upgrade"], env=env, check=True, capture_output=True)

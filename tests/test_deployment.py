@@ -14,6 +14,9 @@ def test_compose_services_build_existing_targets_with_the_shared_settings():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
     assert {"api", "worker", "worker-gpu", "migrate", "redis", "postgres"} <= set(services)
+    redis_command = services["redis"]["command"]
+    assert "--appendonly" in redis_command and redis_command[redis_command.index("--maxmemory-policy") + 1] == \
+        "noeviction"
     targets = set(re.findall(r"^FROM \S+ AS (\S+)$", (ROOT / "Dockerfile").read_text(), re.M))
     assert {"api", "worker", "worker-gpu"} <= targets
     for name in ("api", "worker", "worker-gpu", "migrate"):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import shutil
 
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import setup_logging, worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from app.core.db import get_engine
 from app.core.queue import get_celery
@@ -17,6 +18,13 @@ celery.conf.imports = ("workers.tasks",)
 _stop_heartbeat = []
 
 
+@setup_logging.connect
+def _logging(**_) -> None:  # Celery leaves logging to us: the same format as the API's, with job ids
+    from app.core.logs import configure_logging
+
+    configure_logging()
+
+
 @worker_ready.connect
 def _started(sender=None, **_) -> None:
     from workers import heartbeat
@@ -25,6 +33,22 @@ def _started(sender=None, **_) -> None:
     queues = sorted(q.name for q in sender.task_consumer.queues)
     _stop_heartbeat.append(heartbeat.start(sender.hostname, queues))
     start_loop()
+
+
+@worker_shutting_down.connect
+def _hand_back_jobs(sender=None, **_) -> None:
+    """SIGTERM (a warm shutdown): the jobs this worker runs stop at their next check and go back to the queue,
+    instead of holding the shutdown for hours or being lost to the SIGKILL that would follow."""
+    from app.core.db import session_scope
+    from app.jobs.repository import request_handbacks
+
+    try:
+        with session_scope() as session:
+            count = request_handbacks(session, str(sender))
+        if count:
+            logging.getLogger(__name__).warning("shutting down: %d job(s) asked to hand themselves back", count)
+    except Exception:  # the database is away: the leases will expire and the jobs be retried
+        logging.getLogger(__name__).exception("could not ask the running jobs to hand themselves back")
 
 
 @worker_shutdown.connect

@@ -8,6 +8,7 @@ never sent.
   is sent; one sent more than ``TENSORPRESS_RESEND_AFTER_S`` ago while its broker queue is empty (the broker
   lost the message: Redis restarted without persistence, a queue was purged) is sent again. A duplicate
   message is harmless: the lease lets only one delivery run the job.
+- Finished jobs past ``TENSORPRESS_RETENTION_DAYS`` are deleted with their artifacts.
 - Webhook deliveries that are due (new ones whose first attempt was missed, retries) are sent.
 - Queued jobs say why they wait: ``waiting_reason`` follows the live workers (a gpu job whose only gpu worker
   died says so again; one whose worker came back says nothing).
@@ -24,8 +25,10 @@ from sqlalchemy import select, update
 from app.core.db import session_scope
 from app.core.queue import QUEUES, send_job, waiting_messages
 from app.core.settings import get_settings
+from app.core.storage import get_store
 from app.jobs import repository as jobs
 from app.jobs.service import dispatch
+from app.jobs.service import remove as remove_job
 from app.models import Job
 from app.models.base import utcnow
 from app.webhooks import service as webhooks
@@ -88,7 +91,28 @@ def recover_once() -> dict[str, int]:
         except Exception:
             log.exception("could not send job %s again; will try again", job_id)
     counts["webhooks"] = webhooks.deliver_due()
+    counts["expired"] = expire(now)
     return counts
+
+
+def expire(now) -> int:
+    """Delete finished jobs past ``TENSORPRESS_RETENTION_DAYS`` with their artifacts, a batch at a time."""
+    days = get_settings().retention_days
+    if not days:
+        return 0
+    removed = 0
+    with session_scope() as session:
+        old = [job.id for job in jobs.finished_before(session, now - timedelta(days=days))]
+    for job_id in old:
+        try:
+            with session_scope() as session:
+                job = session.get(Job, job_id)
+                if job is not None:
+                    remove_job(session, get_store(), job)
+                    removed += 1
+        except Exception:  # one that cannot go yet (an active job starts from it) does not stop the rest
+            log.info("job %s is past retention but cannot be deleted yet", job_id, exc_info=True)
+    return removed
 
 
 def _lost(now) -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ under new ids (byte-identical) and its metrics copied; no step runs. ``TENSORPRE
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import hashlib
 import json
@@ -32,9 +33,11 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.core.db import on_commit, session_scope, with_retries
+from app.core.logs import JOB_ID
 from app.core.settings import get_settings
 from app.core.storage import get_store
 from app.jobs import repository as jobs
+from app.jobs.service import dispatch
 from app.models import Artifact, Dataset, Job, Model
 from app.models.base import new_id, utcnow
 from app.webhooks import service as webhooks
@@ -45,6 +48,7 @@ from workers.passes import REGISTRY, Cancelled, PassContext
 
 log = logging.getLogger(__name__)
 EVAL_SAMPLES = 2048  # of the evaluation dataset used for fidelity and task metrics
+search_clock = time.monotonic  # a goal search's time budget (tests replace it)
 STEPS_SHARE = 0.9  # of the progress bar; measuring original and result takes the rest
 EXTENSIONS = {"onnx": "onnx", "torchscript": "pt", "torch_export": "pt2", "aotinductor": "aoti.pt2",
               "openvino": "openvino.zip", "tensorrt": "engine"}
@@ -104,6 +108,10 @@ def _stack(steps: list[dict], plan: list[dict], tried: list[dict]) -> dict | Non
     return {"candidate": number, "group": "stacked", "reason": why}
 
 
+class HandBack(Exception):
+    """The worker running the job is shutting down: the job goes back to the queue."""
+
+
 class TimeLimitExceeded(Exception):
     """The job ran past its time limit: it fails with that reason (it is not retried)."""
 
@@ -125,7 +133,7 @@ class JobRun:
         self.alternatives: list[list[dict]] = []  # a preset's fallback recipes
         self.goal: dict[str, Any] | None = None  # a goal job's goal and candidates
         self.current: int | None = None  # the index of the step running
-        self.deadline: float | None = None  # time.monotonic() when a goal search's running candidate must stop
+        self.deadline: float | None = None  # search_clock() when a goal search's running candidate must stop
         self.tenant = ""
         self.cache_key = ""
         self.models: dict[str, tuple[Path, str]] = {}  # other uploaded models the steps name (students)
@@ -169,19 +177,25 @@ class JobRun:
         return with_retries(unit)
 
     def log(self, message: str, level: str = "info") -> None:
+        """A line of the job's log (``GET /v1/jobs/{id}/logs``), mirrored to the process log."""
+        log.log(logging.getLevelName(level.upper()), "%s", message.splitlines()[0] if message else "")
         with_retries(lambda session: jobs.add_log(session, self.job_id, message, level))
 
     def cancelled(self) -> bool:
         """Whether a pass should stop: cancellation was requested, or a goal search's time budget is spent.
-        Past the job's time limit it raises :class:`TimeLimitExceeded` instead."""
+        Past the job's time limit it raises :class:`TimeLimitExceeded`, and :class:`HandBack` when its worker
+        is shutting down."""
         if self.lost.is_set():
             raise LeaseLost(self.job_id)
         if time.monotonic() > self.time_limit_at:
             raise TimeLimitExceeded(f"the job ran past its time limit of {self.time_limit_s} s")
-        return (self.deadline is not None and time.monotonic() > self.deadline) or self._cancel_requested()
+        return (self.deadline is not None and search_clock() > self.deadline) or self._cancel_requested()
 
     def _cancel_requested(self) -> bool:
-        return with_retries(lambda session: jobs.cancel_requested(session, self.job_id))
+        cancel, handback = with_retries(lambda session: jobs.requests(session, self.job_id))
+        if handback:
+            raise HandBack(self.job_id)
+        return cancel
 
     # --- the run -------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -189,7 +203,8 @@ class JobRun:
         if not self.claim():
             log.info("job %s is not claimable (finished, cancelled or leased elsewhere)", self.job_id)
             return
-        beat = threading.Thread(target=self._heartbeat, name=f"lease-{self.job_id}", daemon=True)
+        beat = threading.Thread(target=contextvars.copy_context().run, args=(self._heartbeat,),
+                                name=f"lease-{self.job_id}", daemon=True)
         beat.start()
         work_dir = Path(tempfile.mkdtemp(prefix=f"tensorpress-{self.job_id}-"))
         try:
@@ -308,10 +323,30 @@ class JobRun:
             self._mark_rest(steps, "cancelled")
             self.log("cancelled")
             self._finish("cancelled", steps)
+        except HandBack:
+            self._hand_back(steps)
         except LeaseLost:
             raise
         except Exception as exc:
             self._fail(steps, exc)
+
+    def _hand_back(self, steps: list[dict]) -> None:
+        """The worker is shutting down: give the job back as it was before this attempt (queued, the attempt
+        not counted, its artifacts dropped) and send it again, so another worker runs it from the start."""
+        for step in steps:
+            step.update(status="pending", started_at=None, finished_at=None, metrics={})
+
+        def release(session: Session) -> str:
+            prefixes = jobs.delete_artifacts(session, self.job_id)
+            on_commit(session, lambda: [self.store.delete_prefix(prefix) for prefix in prefixes])
+            jobs.add_log(session, self.job_id, f"handed back by {self.owner}, which is shutting down", "warning")
+            return session.get(Job, self.job_id).queue
+
+        queue = self._fenced(release, state="queued", steps=steps, attempt=Job.attempt - 1, progress=0.0,
+                             current_step=None, lease_owner=None, lease_expires_at=None, enqueued_at=None,
+                             handback_requested=False)
+        with contextlib.suppress(Exception):  # else the recovery loop sends it (enqueued_at is null)
+            dispatch(self.job_id, queue)
 
     def _fail(self, steps: list[dict], exc: Exception) -> None:
         self.log(f"failed{'' if self.current is None else f' in step {self.current}'}: {exc}\n"
@@ -379,7 +414,7 @@ class JobRun:
         best that met the goal (else the closest, flagged), recording the best so far after each candidate.
         A cancelled search keeps what it found."""
         goal = self.goal
-        deadline = time.monotonic() + goal["time_budget_s"]
+        deadline = search_clock() + goal["time_budget_s"]
         plan = [dict(c) for c in goal["candidates"]]
         tried: list[dict] = []
         met: dict[str, int] = {}  # by group: the most aggressive level that met the goal
@@ -390,7 +425,7 @@ class JobRun:
             candidate = [s for s in steps if s.get("candidate") == number]
             skip = (f"a more aggressive level of {group} already met the goal" if level > met.get(group, level)
                     else f"a milder level of {group} already lost too much" if level < lost.get(group, level)
-                    else "the time budget was spent" if tried and time.monotonic() > deadline else None)
+                    else "the time budget was spent" if tried and search_clock() > deadline else None)
             if skip:
                 self._mark_rest(candidate, "skipped")
                 entry = {"candidate": number, "steps": [s["pass"] for s in candidate], "status": "skipped",
@@ -406,7 +441,7 @@ class JobRun:
                         self._settle(steps, tried, best, base, "cancelled")
                         return
                     entry = self._abandon(candidate, "stopped", "the time budget was spent during this candidate")
-                except (LeaseLost, TimeLimitExceeded):
+                except (LeaseLost, TimeLimitExceeded, HandBack):
                     raise
                 except Exception as exc:  # one technique failing does not end the search
                     self.log(f"candidate {number} failed in step {self.current}: {exc}\n{traceback.format_exc()}",
@@ -572,4 +607,8 @@ class JobRun:
 
 
 def run_job(job_id: str, owner: str) -> None:
-    JobRun(job_id, owner).run()
+    token = JOB_ID.set(job_id)  # every log record of this job carries its id
+    try:
+        JobRun(job_id, owner).run()
+    finally:
+        JOB_ID.reset(token)

@@ -73,12 +73,16 @@ class Settings(BaseSettings):
     )
     archive_max_ratio: float = Field(default=200.0, gt=1, description="Largest compression ratio of a zip entry.")
     inspect_timeout_s: int = Field(default=120, gt=0, description="Time limit for inspecting one upload.")
+    retention_days: float = Field(default=0, ge=0, description="Finished jobs older than this are deleted with "
+                                  "their artifacts by the workers' recovery loop; 0 keeps them.")
     resend_after_s: int = Field(default=60, ge=1, description="A queued job sent this long ago is sent again when "
                                 "its broker queue is empty (the broker lost the message: a restart, a purge).")
     heartbeat_s: int = Field(default=10, ge=1, description="How often workers report; 3 missed beats = gone.")
     fake_gpu_queue: bool = Field(
         default=False, description="Tests only: let a worker without a GPU serve the gpu queue."
     )
+    log_format: Literal["text", "json"] = Field(default="text", description="Process logs: text, or a JSON object "
+                                                "per line (with job_id while a job runs).")
     events_poll_s: float = Field(default=0.5, gt=0, description="How often a job's event stream checks the job.")
     bench_threads: int = Field(default=2, ge=1, description="Intra-op threads used when measuring latency.")
     bench_iterations: int = Field(default=100, ge=5, description="Fewest timed runs per batch size when measuring.")

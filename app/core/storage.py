@@ -129,6 +129,17 @@ class LocalStore:
         else:
             target.unlink(missing_ok=True)
 
+    def entries(self, top: str) -> Iterator[tuple[str, float]]:
+        """Every ``top/<id>`` prefix in the store with its modification time (for the consistency check)."""
+        folder = self.root / top
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                yield f"{top}/{entry.name}", entry.stat().st_mtime
+
+    def staged(self) -> Iterator[tuple[Path, float]]:
+        for entry in self.staging_dir.iterdir():
+            yield entry, entry.stat().st_mtime
+
     def check(self) -> None:
         probe = self.staging_dir / f"probe-{uuid.uuid4().hex}"
         probe.write_bytes(b"ok")

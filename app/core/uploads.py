@@ -12,6 +12,7 @@ from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.core.errors import BadRequest, PayloadTooLarge, ValidationFailed
+from app.core.metrics import UPLOAD_BYTES
 from app.core.storage import LocalStore, StagedFile
 
 # OpenAPI description of an upload body: raw bytes, or multipart with a `file` part.
@@ -44,7 +45,10 @@ async def stage_upload(request: Request, store: LocalStore, fallback_name: str, 
         name = display_name(name, None, fallback_name)  # refused before a byte is stored
     staged = store.stage(*limit)
     try:
-        filename = await receive(request, staged)
+        try:
+            filename = await receive(request, staged)
+        finally:
+            UPLOAD_BYTES.labels(fallback_name).inc(staged.size)
         return staged, name or display_name(None, filename, fallback_name)
     except BaseException:
         staged.discard()

@@ -2,14 +2,23 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from app.core.db import get_engine
 from app.core.errors import ServiceUnavailable
+from app.core.metrics import REGISTRY
 from app.core.queue import check_broker
 from app.core.storage import get_store
 
 router = APIRouter(tags=["operations"])
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics():
+    """Prometheus text format: jobs by state, queue wait, step durations, upload bytes, HTTP latency."""
+    return PlainTextResponse(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/healthz")

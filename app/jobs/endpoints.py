@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from app.core import idempotency
 from app.core.db import SessionDep
 from app.core.pagination import PageDep
+from app.core.storage import get_store
 from app.core.tenancy import ScopeDep, TenantDep
 from app.jobs import events, report, service
 from app.jobs.schemas import JobCreate, JobList, JobPlan, JobRead, JobState
@@ -54,6 +55,13 @@ def list_jobs(page: PageDep, session: SessionDep, scope: ScopeDep,
 def get_job(job_id: str, session: SessionDep, scope: ScopeDep):
     """Get one job with its steps, metrics and artifacts."""
     return service.get(session, scope, job_id)
+
+
+@router.delete("/{job_id}", status_code=204)
+def delete_job(job_id: str, session: SessionDep, scope: ScopeDep):
+    """Delete a finished job with its artifacts (409 while it is queued or running: cancel it first)."""
+    service.delete(session, get_store(), scope, job_id)
+    return Response(status_code=204)
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)

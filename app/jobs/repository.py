@@ -12,6 +12,7 @@ from app.core.pagination import Page, paginate
 from app.core.tenancy import owned
 from app.models import Artifact, Job, JobLog
 from app.models.base import utcnow
+from app.models.job import ACTIVE_STATES
 
 
 def get(session: Session, tenant: str | None, job_id: str) -> Job | None:
@@ -86,14 +87,34 @@ def fenced_update(session: Session, job_id: str, token: int, **values: Any) -> b
     return result.rowcount == 1
 
 
-def cancel_requested(session: Session, job_id: str) -> bool:
-    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+def requests(session: Session, job_id: str) -> tuple[bool, bool]:
+    """Whether the job's cancellation, and whether handing it back (its worker is stopping), was requested."""
+    row = session.execute(select(Job.cancel_requested, Job.handback_requested).where(Job.id == job_id)).first()
+    return (bool(row[0]), bool(row[1])) if row else (False, False)
+
+
+def request_handbacks(session: Session, worker: str) -> int:
+    """Ask the jobs that ``worker``'s processes run to hand themselves back (it is shutting down)."""
+    return session.execute(update(Job).where(Job.state == "running", Job.lease_owner.like(f"{worker}:%"))
+                           .values(handback_requested=True)).rowcount
 
 
 def cached_result(session: Session, tenant: str, cache_key: str, job_id: str) -> Job | None:
     """The latest succeeded job of ``tenant`` with ``cache_key``, other than ``job_id``."""
     return session.scalar(select(Job).where(Job.tenant == tenant, Job.cache_key == cache_key, Job.id != job_id,
                                             Job.state == "succeeded").order_by(Job.finished_at.desc()).limit(1))
+
+
+def source_of_active_job(session: Session, job_id: str) -> bool:
+    """Whether a queued or running job starts from one of ``job_id``'s artifacts."""
+    artifacts = select(Artifact.id).where(Artifact.job_id == job_id)
+    return session.scalar(select(Job.id).where(Job.source_artifact_id.in_(artifacts),
+                                               Job.state.in_(ACTIVE_STATES)).limit(1)) is not None
+
+
+def finished_before(session: Session, moment: datetime, limit: int = 100) -> list[Job]:
+    return list(session.scalars(select(Job).where(Job.state.in_(("succeeded", "failed", "cancelled")),
+                                                  Job.finished_at < moment).limit(limit)))
 
 
 def delete_artifacts(session: Session, job_id: str, steps: list[int] | None = None,

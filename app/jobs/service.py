@@ -21,12 +21,14 @@ from app.core.pagination import Page
 from app.core.queue import send_job
 from app.core.quotas import check_active_jobs
 from app.core.settings import get_settings
+from app.core.storage import LocalStore
 from app.datasets import repository as datasets_repo
 from app.datasets.service import ROLES, mismatches
 from app.jobs import repository
 from app.jobs.schemas import JobCreate, LabelMetric
 from app.mlmodels import repository as models
 from app.models import Job, JobLog, Model
+from app.models.job import ACTIVE_STATES
 from app.webhooks import service as webhooks
 from app.worker_registry import service as worker_registry
 from workers.passes import REGISTRY, goals
@@ -328,6 +330,24 @@ def cancel(session: Session, tenant: str | None, job_id: str) -> Job:
         repository.add_log(session, job.id, "cancellation requested")
         return job
     raise Conflict(f"job {job_id} is already {job.state}")
+
+
+def delete(session: Session, store: LocalStore, tenant: str | None, job_id: str) -> None:
+    """Delete a finished job with its artifacts, logs and webhook deliveries (409 while it is active)."""
+    job = get(session, tenant, job_id)
+    if job.state in ACTIVE_STATES:
+        raise Conflict(f"job {job_id} is {job.state}; cancel it first")
+    remove(session, store, job)
+
+
+def remove(session: Session, store: LocalStore, job: Job) -> None:
+    """The job's rows go in this transaction, its artifacts' bytes after it commits. Refused (409) while an
+    active job starts from one of its artifacts."""
+    if repository.source_of_active_job(session, job.id):
+        raise Conflict(f"a queued or running job starts from an artifact of job {job.id}")
+    prefixes = repository.delete_artifacts(session, job.id)
+    session.delete(job)
+    on_commit(session, lambda: [store.delete_prefix(prefix) for prefix in prefixes])
 
 
 def logs_text(session: Session, tenant: str | None, job_id: str) -> str:

@@ -53,6 +53,7 @@ class Job(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    handback_requested: Mapped[bool] = mapped_column(Boolean, default=False)  # its worker is shutting down
     lease_owner: Mapped[str | None] = mapped_column(String(255), default=None)
     lease_token: Mapped[int] = mapped_column(BigInteger, default=0)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

@@ -146,6 +146,23 @@ def test_a_postgresql_restart_mid_job_does_not_fail_it(client, workers, training
     one_set_of_artifacts(client, job, env)
 
 
+def test_sigterm_hands_the_running_job_back_and_another_worker_runs_it(client, workers, training_job, env):
+    first = workers.start()
+    job_id = training_job(epochs=150)
+    wait_for(lambda: "epoch 1/" in client.get(f"/v1/jobs/{job_id}/logs").text, 120, "training to start")
+    started = time.monotonic()
+    first.send_signal(signal.SIGTERM)  # the main process only: Celery's warm shutdown
+    first.wait(timeout=60)
+    assert time.monotonic() - started < 30  # it did not wait for 150 epochs
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["state"] == "queued" and job["attempt"] == 0 and job["artifacts"] == []
+    assert "handed back by" in client.get(f"/v1/jobs/{job_id}/logs").text
+    workers.start()
+    job = finished(client, job_id, 240, workers)
+    assert job["state"] == "succeeded" and job["attempt"] == 1
+    one_set_of_artifacts(client, job, env)
+
+
 def restart_redis() -> None:
     subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], check=False,
                    capture_output=True, timeout=30)

@@ -14,7 +14,7 @@ def test_expired_lease_is_requeued_and_resent(client, uploaded_model, env):
     assert job_row(job_id).enqueued_at is not None
     set_job(job_id, state="running", lease_owner="dead-worker", lease_token=1, attempt=1,
             lease_expires_at=utcnow() - timedelta(seconds=5))
-    assert recover_once() == {"requeued": 1, "failed": 0, "resent": 1, "lost": 0, "webhooks": 0}
+    assert recover_once() == {"requeued": 1, "failed": 0, "resent": 1, "lost": 0, "webhooks": 0, "expired": 0}
     job = job_row(job_id)
     assert job.state == "queued" and job.attempt == 1 and job.enqueued_at is not None
     assert len(broker_messages(env)) == 2
@@ -35,7 +35,7 @@ def test_last_attempt_lost_fails_the_job_with_the_reason(client, uploaded_model)
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["state"] == "failed" and job["error"]["title"] == "Worker lost"
     assert "no attempts left" in job["error"]["detail"]
-    assert recover_once() == {"requeued": 0, "failed": 0, "resent": 0, "lost": 0, "webhooks": 0}
+    assert recover_once() == {"requeued": 0, "failed": 0, "resent": 0, "lost": 0, "webhooks": 0, "expired": 0}
 
 
 def test_a_job_whose_task_was_never_sent_is_sent(client, uploaded_model, env):
