@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default: SQLite file `tensorpress.db` in the data dir."
     )
+    db_pool_size: int = Field(default=10, ge=1, description="Database connections kept open per process.")
+    db_max_overflow: int = Field(default=30, ge=0, description="Extra connections a busy process may open.")
     broker_url: str = Field(
         default="filesystem://",
         description="Celery broker; `filesystem://` keeps messages in the data dir (no server needed).",
