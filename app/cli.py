@@ -1,4 +1,5 @@
-"""``tensorpress``: run the service (``up``, ``serve``, ``worker``) and manage its database."""
+"""``tensorpress``: run the service (``up``, ``serve``, ``worker``), manage its database and keys, and use it
+(``models``, ``datasets``, ``jobs``, ``artifacts``: :mod:`tensorpress.cli`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import os
 import signal
 import subprocess
 import sys
+
+from tensorpress.cli import add_commands as add_client_commands
+from tensorpress.cli import run as run_client
 
 
 def _loopback(host: str) -> bool:
@@ -214,11 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = keysub.add_parser("revoke", help="refuse a key from now on")
     p.add_argument("key_id")
     p.set_defaults(func=cmd_keys)
+    add_client_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "client_command"):  # models, datasets, jobs, artifacts: a client of a server
+        run_client(args)
     args.func(args)
 
 
