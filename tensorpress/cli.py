@@ -85,19 +85,28 @@ def jobs_submit(client: Client, args: argparse.Namespace) -> int:
                             target=args.target, evaluation=args.evaluation, **recipe)
     print(f"job {job.id} {job.state}", file=sys.stderr)
     if args.wait:
-        job = client.wait(job.id, on_event=_show_event)
+        job = client.wait(job.id, on_event=EventPrinter())
         sys.stderr.write("\n")
     return _finish(args, job)
 
 
-def _show_event(kind: str, data: dict[str, Any]) -> None:
-    if kind == "progress":
-        sys.stderr.write(f"\rprogress {100 * data.get('progress', 0):5.1f}%")
-    elif kind == "step":
-        sys.stderr.write(f"\rstep {data.get('index')} {data.get('pass')}: {data.get('status')}          \n")
-    elif kind == "state":
-        sys.stderr.write(f"\rstate {data.get('state')}                    \n")
-    sys.stderr.flush()
+class EventPrinter:
+    """A job's events on stderr: each change of state or of a step's status once, progress in place."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple] = set()
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress":
+            sys.stderr.write(f"\r  {100 * data.get('progress', 0):5.1f}%")
+        elif kind in ("state", "step"):
+            key = (kind, data.get("state")) if kind == "state" else (kind, data.get("index"), data.get("status"))
+            if key not in self.seen:
+                self.seen.add(key)
+                line = (f"state {data.get('state')}" if kind == "state" else
+                        f"step {data.get('index')} {data.get('pass')}: {data.get('status')}")
+                sys.stderr.write(f"\r{line:<60}\n")
+        sys.stderr.flush()
 
 
 def _finish(args: argparse.Namespace, job: Job) -> int:
