@@ -44,8 +44,7 @@ def check(session: Session, store: LocalStore, fix: bool = False, now: float | N
                     store.delete_prefix(prefix)
                     report.removed.append(prefix)
         for row in rows.values():
-            path = store.path(row.storage_key)
-            if not path.is_file() or path.stat().st_size != row.size_bytes:
+            if store.size_or_none(row.storage_key) != row.size_bytes:
                 report.missing.append(f"{top} {row.id}: {row.storage_key}")
     for path, mtime in store.staged():
         if fix and now - mtime > STAGING_GRACE_S:

@@ -34,8 +34,18 @@ class Settings(BaseSettings):
         description="Celery broker; `filesystem://` keeps messages in the data dir (no server needed).",
     )
     storage_url: str | None = Field(
-        default=None, description="`file:///path` for the artifact store; default: `artifacts/` in the data dir."
+        default=None, description="`file:///path` or `s3://bucket/prefix` for the artifact store; default: "
+        "`artifacts/` in the data dir."
     )
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, Ceph, R2); "
+                                        "default: AWS.")
+    s3_region: str | None = Field(default=None, description="S3 region.")
+    s3_access_key_id: str | None = Field(default=None, description="S3 credentials (default: boto3's chain).")
+    s3_secret_access_key: str | None = Field(default=None, description="S3 credentials.")
+    s3_multipart_bytes: int = Field(default=64 << 20, ge=5 << 20, description="Objects above this size upload in "
+                                    "parts of this size.")
+    s3_presigned_downloads: bool = Field(default=False, description="Downloads redirect (307) to a presigned "
+                                         "URL instead of streaming through the API.")
     max_upload_bytes: int = Field(default=8 << 30, gt=0, description="Largest model upload.")
     max_dataset_bytes: int = Field(default=2 << 30, gt=0, description="Largest dataset upload (workers load "
                                    "datasets into memory).")
@@ -105,7 +115,7 @@ class Settings(BaseSettings):
     def artifact_root(self) -> Path:
         if self.storage_url:
             if not self.storage_url.startswith("file://"):
-                raise ValueError(f"unsupported TENSORPRESS_STORAGE_URL {self.storage_url!r}: use file:///path")
+                raise ValueError(f"TENSORPRESS_STORAGE_URL {self.storage_url!r} is not a directory")
             return Path(self.storage_url.removeprefix("file://"))
         return (self.data_dir / "artifacts").resolve()
 

@@ -60,6 +60,7 @@ class StagedFile:
 class LocalStore:
     """Artifact store on a local (or network-mounted) directory."""
 
+    presigned = False  # downloads stream through the API
     def __init__(self, root: Path) -> None:
         self.root = root
         self.staging_dir = root / ".staging"
@@ -113,6 +114,10 @@ class LocalStore:
     def size(self, key: str) -> int:
         return self.path(key).stat().st_size
 
+    def size_or_none(self, key: str) -> int | None:
+        path = self.path(key)
+        return path.stat().st_size if path.is_file() else None
+
     def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
         """Yield bytes ``start..end`` inclusive."""
         with open(self.path(key), "rb") as fh:
@@ -154,13 +159,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-_stores: dict[Path, LocalStore] = {}
+_stores: dict[str, LocalStore] = {}
 
 
 def get_store() -> LocalStore:
+    """The configured store: a directory, or S3-compatible storage (:mod:`app.core.s3`, same methods)."""
     from app.core.settings import get_settings
 
-    root = get_settings().artifact_root
-    if root not in _stores:
-        _stores[root] = LocalStore(root)
-    return _stores[root]
+    settings = get_settings()
+    url = settings.storage_url or ""
+    if url not in _stores:
+        if url.startswith("s3://"):
+            from app.core.s3 import make_s3_store
+
+            _stores[url] = make_s3_store(url, settings)
+        else:
+            _stores[url] = LocalStore(settings.artifact_root)
+    return _stores[url]
