@@ -34,6 +34,7 @@ def test_compose_services_build_existing_targets_with_the_shared_settings():
         assert (env["TENSORPRESS_S3_ACCESS_KEY_ID"], env["TENSORPRESS_S3_SECRET_ACCESS_KEY"]) == (
             minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"])
         assert f"local/{bucket}" in services["minio-bucket"]["entrypoint"][-1]
+    assert all("healthcheck" in services[name] for name in services if name not in ("migrate", "minio-bucket"))
     [device] = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
 
