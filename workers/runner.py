@@ -79,6 +79,12 @@ class Baseline:
     inputs: str  # where the evaluation inputs came from
 
 
+def _reset(steps: list[dict]) -> None:
+    """Every step pending again, as before any attempt ran."""
+    for step in steps:
+        step.update(status="pending", started_at=None, finished_at=None, metrics={})
+
+
 def _rank(entry: dict[str, Any], goal: dict[str, Any]) -> tuple:
     """Order of preference in a search: candidates that meet the goal by their score; then the others by how
     far they are over the accuracy budget, then by score."""
@@ -240,10 +246,8 @@ class JobRun:
             self.time_limit_s = min(job.time_limit_s or self.time_limit_s, self.time_limit_s)
             self.time_limit_at = time.monotonic() + self.time_limit_s
             if job.attempt > 1:  # an earlier attempt died: start over, nothing of it is kept
-                for step in steps:
-                    step.update(status="pending", started_at=None, finished_at=None, metrics={})
-                prefixes = jobs.delete_artifacts(session, self.job_id)
-                on_commit(session, lambda: [self.store.delete_prefix(prefix) for prefix in prefixes])
+                _reset(steps)
+                self._drop_artifacts(session)
             self.tenant = job.tenant
             self.cache_key = self._cache_key(job, model, source, session)
             self.log(f"attempt {job.attempt} started by {self.owner}")
@@ -333,12 +337,10 @@ class JobRun:
     def _hand_back(self, steps: list[dict]) -> None:
         """The worker is shutting down: give the job back as it was before this attempt (queued, the attempt
         not counted, its artifacts dropped) and send it again, so another worker runs it from the start."""
-        for step in steps:
-            step.update(status="pending", started_at=None, finished_at=None, metrics={})
+        _reset(steps)
 
         def release(session: Session) -> str:
-            prefixes = jobs.delete_artifacts(session, self.job_id)
-            on_commit(session, lambda: [self.store.delete_prefix(prefix) for prefix in prefixes])
+            self._drop_artifacts(session)
             jobs.add_log(session, self.job_id, f"handed back by {self.owner}, which is shutting down", "warning")
             return session.get(Job, self.job_id).queue
 
@@ -519,11 +521,14 @@ class JobRun:
     def _discard_artifacts(self, keep: str | None = None, step_indices: list[int] | None = None) -> None:
         """Drop artifacts the job does not keep: a regressed preset candidate's (all of the job's), or a
         search candidate's intermediate ones (``step_indices`` but ``keep``)."""
-        def drop(session: Session) -> None:
-            prefixes = jobs.delete_artifacts(session, self.job_id, steps=step_indices, keep=keep)
-            on_commit(session, lambda: [self.store.delete_prefix(prefix) for prefix in prefixes])
+        self._fenced(lambda session: self._drop_artifacts(session, step_indices, keep),
+                     lease_expires_at=self._expiry())
 
-        self._fenced(drop, lease_expires_at=self._expiry())
+    def _drop_artifacts(self, session: Session, step_indices: list[int] | None = None,
+                        keep: str | None = None) -> None:
+        """Delete the job's artifact rows (of ``step_indices``, never ``keep``) now, their bytes after commit."""
+        prefixes = jobs.delete_artifacts(session, self.job_id, steps=step_indices, keep=keep)
+        on_commit(session, lambda: [self.store.delete_prefix(prefix) for prefix in prefixes])
 
     def _evaluation_data(self, target: dict):
         """Inputs (and labels) that original and result are compared on: the evaluation dataset, or

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.core.storage import LocalStore
+from app.core.storage import Store
 from app.models import Artifact, Dataset, Model
 
 ORPHAN_GRACE_S = 3600
@@ -32,7 +32,7 @@ class Report:
         return not (self.missing or set(self.orphans) - set(self.removed))
 
 
-def check(session: Session, store: LocalStore, fix: bool = False, now: float | None = None) -> Report:
+def check(session: Session, store: Store, fix: bool = False, now: float | None = None) -> Report:
     now = now or time.time()
     report = Report()
     for top, table in TABLES.items():

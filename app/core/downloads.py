@@ -9,12 +9,12 @@ from fastapi import Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from app.core.errors import RangeNotSatisfiable
-from app.core.storage import LocalStore
+from app.core.storage import Store
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
-def download(request: Request, store: LocalStore, key: str, sha256: str, filename: str,
+def download(request: Request, store: Store, key: str, sha256: str, filename: str,
              media_type: str = "application/octet-stream") -> Response:
     if store.presigned:  # S3: the client fetches the bytes from the storage itself
         return RedirectResponse(store.presigned_url(key, filename), status_code=307, headers={"ETag": f'"{sha256}"'})

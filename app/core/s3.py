@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from app.core.errors import Conflict
-from app.core.storage import CHUNK, StagedFile
+from app.core.storage import CHUNK, StagedFile, Store
 
 
-class S3Store:
+class S3Store(Store):
     def __init__(self, bucket: str, prefix: str, local: Path, client: Any, multipart_bytes: int,
                  presigned: bool) -> None:
         self.bucket, self.prefix = bucket, prefix.strip("/")
@@ -37,9 +37,6 @@ class S3Store:
         if key.startswith("/") or ".." in key.split("/") or key.startswith(".staging"):
             raise ValueError(f"invalid storage key {key!r}")
         return f"{self.prefix}/{key}" if self.prefix else key
-
-    def stage(self, limit: int, exceeded: str | None = None) -> StagedFile:
-        return StagedFile(self.staging_dir / uuid.uuid4().hex, limit, exceeded)
 
     def _exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -66,18 +63,6 @@ class S3Store:
             self._upload(staged.path, key)
         finally:
             staged.path.unlink(missing_ok=True)
-
-    def put_file(self, source: Path, key: str) -> tuple[int, str]:
-        staged = self.stage(limit=1 << 62)
-        try:
-            with open(source, "rb") as fh:
-                while chunk := fh.read(CHUNK):
-                    staged.write(chunk)
-            self.commit(staged, key)
-        except BaseException:
-            staged.discard()
-            raise
-        return staged.size, staged.sha256
 
     def copy(self, source_key: str, key: str) -> None:
         if self._exists(key):
@@ -134,10 +119,6 @@ class S3Store:
                 newest[name] = max(newest.get(name, 0.0), obj["LastModified"].timestamp())
         for name, mtime in newest.items():
             yield f"{top}/{name}", mtime
-
-    def staged(self) -> Iterator[tuple[Path, float]]:
-        for entry in self.staging_dir.iterdir():
-            yield entry, entry.stat().st_mtime
 
     def check(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)

@@ -57,17 +57,45 @@ class StagedFile:
         self.path.unlink(missing_ok=True)
 
 
-class LocalStore:
+class Store:
+    """What every store shares: a write is staged in ``staging_dir`` (running sha256 and byte count, a size
+    limit) until ``commit`` puts it under its key. A directory (:class:`LocalStore`) or S3 (:mod:`app.core.s3`)."""
+
+    staging_dir: Path
+    presigned = False  # downloads stream through the API
+
+    def stage(self, limit: int, exceeded: str | None = None) -> StagedFile:
+        return StagedFile(self.staging_dir / uuid.uuid4().hex, limit, exceeded)
+
+    def commit(self, staged: StagedFile, key: str) -> None:
+        raise NotImplementedError
+
+    def put_file(self, source: Path, key: str) -> tuple[int, str]:
+        """Copy a local file into the store; returns (size, sha256)."""
+        staged = self.stage(limit=1 << 62)
+        try:
+            with open(source, "rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    staged.write(chunk)
+            self.commit(staged, key)
+        except BaseException:
+            staged.discard()
+            raise
+        return staged.size, staged.sha256
+
+    def staged(self) -> Iterator[tuple[Path, float]]:
+        """Staging files with their modification times (for the consistency check)."""
+        for entry in self.staging_dir.iterdir():
+            yield entry, entry.stat().st_mtime
+
+
+class LocalStore(Store):
     """Artifact store on a local (or network-mounted) directory."""
 
-    presigned = False  # downloads stream through the API
     def __init__(self, root: Path) -> None:
         self.root = root
         self.staging_dir = root / ".staging"
         self.staging_dir.mkdir(parents=True, exist_ok=True)
-
-    def stage(self, limit: int, exceeded: str | None = None) -> StagedFile:
-        return StagedFile(self.staging_dir / uuid.uuid4().hex, limit, exceeded)
 
     def path(self, key: str) -> Path:
         path = (self.root / key).resolve()
@@ -87,19 +115,6 @@ class LocalStore:
         finally:
             staged.path.unlink(missing_ok=True)
         _fsync_dir(target.parent)
-
-    def put_file(self, source: Path, key: str) -> tuple[int, str]:
-        """Copy a local file into the store; returns (size, sha256)."""
-        staged = self.stage(limit=1 << 62)
-        try:
-            with open(source, "rb") as fh:
-                while chunk := fh.read(CHUNK):
-                    staged.write(chunk)
-            self.commit(staged, key)
-        except BaseException:
-            staged.discard()
-            raise
-        return staged.size, staged.sha256
 
     def copy(self, source_key: str, key: str) -> None:
         """Make ``key`` hold the same bytes as ``source_key``: a hard link, since stored files never change."""
@@ -141,10 +156,6 @@ class LocalStore:
             for entry in folder.iterdir():
                 yield f"{top}/{entry.name}", entry.stat().st_mtime
 
-    def staged(self) -> Iterator[tuple[Path, float]]:
-        for entry in self.staging_dir.iterdir():
-            yield entry, entry.stat().st_mtime
-
     def check(self) -> None:
         probe = self.staging_dir / f"probe-{uuid.uuid4().hex}"
         probe.write_bytes(b"ok")
@@ -159,10 +170,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-_stores: dict[str, LocalStore] = {}
+_stores: dict[str, Store] = {}
 
 
-def get_store() -> LocalStore:
+def get_store() -> Store:
     """The configured store: a directory, or S3-compatible storage (:mod:`app.core.s3`, same methods)."""
     from app.core.settings import get_settings
 

@@ -13,7 +13,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.core.errors import BadRequest, PayloadTooLarge, ValidationFailed
 from app.core.metrics import UPLOAD_BYTES
-from app.core.storage import LocalStore, StagedFile
+from app.core.storage import StagedFile, Store
 
 # OpenAPI description of an upload body: raw bytes, or multipart with a `file` part.
 UPLOAD_BODY = {"requestBody": {"content": {
@@ -37,7 +37,7 @@ def display_name(name: str | None, filename: str | None, fallback: str) -> str:
     return name.strip()[:255] or fallback
 
 
-async def stage_upload(request: Request, store: LocalStore, fallback_name: str, name: str | None,
+async def stage_upload(request: Request, store: Store, fallback_name: str, name: str | None,
                        limit: tuple[int, str]) -> tuple[StagedFile, str]:
     """Receive the body into a staged file (deleted again if receiving fails); returns it and a clean name.
     ``limit``: the most bytes allowed and what to say past it (see ``quotas.upload_limit``)."""

@@ -11,7 +11,7 @@ from app.core.db import on_commit
 from app.core.errors import Conflict, NotFound
 from app.core.pagination import Page
 from app.core.settings import get_settings
-from app.core.storage import LocalStore, StagedFile
+from app.core.storage import StagedFile, Store
 from app.datasets import repository
 from app.datasets.npz import read_arrays
 from app.models import Dataset
@@ -21,7 +21,7 @@ ROLES = ("calibration", "training", "validation", "evaluation")
 LABELS = "labels"
 
 
-def create(session: Session, store: LocalStore, tenant: str, name: str, staged: StagedFile) -> Dataset:
+def create(session: Session, store: Store, tenant: str, name: str, staged: StagedFile) -> Dataset:
     dataset_id = new_id()
     try:
         staged.finish()
@@ -47,7 +47,7 @@ def list_page(session: Session, tenant: str | None, page: Page) -> tuple[list[Da
     return repository.list_page(session, tenant, page)
 
 
-def delete(session: Session, store: LocalStore, tenant: str | None, dataset_id: str) -> None:
+def delete(session: Session, store: Store, tenant: str | None, dataset_id: str) -> None:
     dataset = get(session, tenant, dataset_id)
     if repository.used_by_active_job(session, dataset.tenant, dataset_id):
         raise Conflict(f"dataset {dataset_id} is used by a queued or running job; cancel it first")

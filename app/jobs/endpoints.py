@@ -27,11 +27,12 @@ def create_job(payload: JobCreate, response: Response, session: SessionDep, tena
     if dry_run:
         response.status_code = 200
         return JobPlan.model_validate(service.plan(session, tenant, payload))
-    fingerprint = hashlib.sha256(payload.model_dump_json(by_alias=True).encode()).hexdigest()
-    reservation = (idempotency.reserve(tenant, idempotency_key, "POST /v1/jobs", fingerprint)
-                   if idempotency_key is not None else None)
-    if reservation is not None and reservation.earlier is not None:
-        return idempotency.replay(reservation.earlier)
+    reservation = fingerprint = None
+    if idempotency_key is not None:
+        fingerprint = hashlib.sha256(payload.model_dump_json(by_alias=True).encode()).hexdigest()
+        reservation = idempotency.reserve(tenant, idempotency_key, "POST /v1/jobs", fingerprint)
+        if reservation.earlier is not None:
+            return idempotency.replay(reservation.earlier)
     with idempotency.given_back_on_error(reservation):
         job = service.create(session, tenant, payload)
         body = JobRead.model_validate(job).model_dump(mode="json", by_alias=True)

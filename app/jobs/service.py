@@ -21,7 +21,7 @@ from app.core.pagination import Page
 from app.core.queue import send_job
 from app.core.quotas import check_active_jobs
 from app.core.settings import get_settings
-from app.core.storage import LocalStore
+from app.core.storage import Store
 from app.datasets import repository as datasets_repo
 from app.datasets.service import ROLES, mismatches
 from app.jobs import repository
@@ -332,7 +332,7 @@ def cancel(session: Session, tenant: str | None, job_id: str) -> Job:
     raise Conflict(f"job {job_id} is already {job.state}")
 
 
-def delete(session: Session, store: LocalStore, tenant: str | None, job_id: str) -> None:
+def delete(session: Session, store: Store, tenant: str | None, job_id: str) -> None:
     """Delete a finished job with its artifacts, logs and webhook deliveries (409 while it is active)."""
     job = get(session, tenant, job_id)
     if job.state in ACTIVE_STATES:
@@ -340,7 +340,7 @@ def delete(session: Session, store: LocalStore, tenant: str | None, job_id: str)
     remove(session, store, job)
 
 
-def remove(session: Session, store: LocalStore, job: Job) -> None:
+def remove(session: Session, store: Store, job: Job) -> None:
     """The job's rows go in this transaction, its artifacts' bytes after it commits. Refused (409) while an
     active job starts from one of its artifacts."""
     if repository.source_of_active_job(session, job.id):

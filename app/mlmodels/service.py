@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from app.core.db import on_commit
 from app.core.errors import Conflict, NotFound
 from app.core.pagination import Page
-from app.core.storage import LocalStore, StagedFile
+from app.core.storage import StagedFile, Store
 from app.mlmodels import repository
 from app.mlmodels.inspection import inspect_model
 from app.models import Model
@@ -18,7 +18,7 @@ from app.models.base import new_id
 EXTENSIONS = {"onnx": "onnx", "torchscript": "pt", "torch_export": "pt2"}
 
 
-def create(session: Session, store: LocalStore, tenant: str, name: str, staged: StagedFile,
+def create(session: Session, store: Store, tenant: str, name: str, staged: StagedFile,
            declared_inputs: list[dict[str, Any]] | None = None) -> Model:
     """Inspect a fully received upload and record it; the staged file is consumed either way."""
     try:
@@ -49,7 +49,7 @@ def list_page(session: Session, tenant: str | None, page: Page) -> tuple[list[Mo
     return repository.list_page(session, tenant, page)
 
 
-def delete(session: Session, store: LocalStore, tenant: str | None, model_id: str) -> None:
+def delete(session: Session, store: Store, tenant: str | None, model_id: str) -> None:
     model = get(session, tenant, model_id)
     if repository.used_by_active_job(session, model_id):
         raise Conflict(f"model {model_id} is used by a queued or running job; cancel it first")
