@@ -46,6 +46,13 @@ def service(command: str, work_dir: Path, settings: dict[str, str] | None = None
         log.close()
 
 
+def upload(http: httpx.Client, path: str, body) -> str:
+    """POST a model or dataset body; its id (the benchmark stops if the service refused it)."""
+    response = http.post(path, content=body, headers={"content-type": "application/octet-stream"})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
 def peak_rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

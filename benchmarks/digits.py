@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._service import service  # noqa: E402
+from benchmarks._service import service, upload  # noqa: E402
 from tests import factories  # noqa: E402
 
 ONNX_CNN = [
@@ -67,22 +67,18 @@ def main() -> None:
     tables = []
     with tempfile.TemporaryDirectory() as tmp, service("up", Path(tmp)) as (base, _), \
             httpx.Client(base_url=base, timeout=600) as http:
-        def upload(path: str, body: bytes) -> str:
-            response = http.post(path, content=body, headers={"content-type": "application/octet-stream"})
-            assert response.status_code == 201, response.text
-            return response.json()["id"]
-
-        data = {"training": upload("/v1/datasets?name=train", factories.npz_bytes(input=x_train, labels=y_train)),
-                "calibration": upload("/v1/datasets?name=cal", factories.npz_bytes(input=x_train[:256])),
-                "validation": upload("/v1/datasets?name=val", factories.npz_bytes(input=x_train[-200:],
+        data = {"training": upload(http, "/v1/datasets?name=train", factories.npz_bytes(input=x_train, labels=y_train)),
+                "calibration": upload(http, "/v1/datasets?name=cal", factories.npz_bytes(input=x_train[:256])),
+                "validation": upload(http, "/v1/datasets?name=val", factories.npz_bytes(input=x_train[-200:],
                                                                                   labels=y_train[-200:])),
-                "evaluation": upload("/v1/datasets?name=test", factories.npz_bytes(input=x_test, labels=y_test))}
+                "evaluation": upload(http, "/v1/datasets?name=test", factories.npz_bytes(input=x_test, labels=y_test))}
         models = [
-            ("digits CNN, ONNX", upload("/v1/models?name=cnn.onnx", factories.onnx_from_torch(*cnn)), ONNX_CNN),
-            ("digits CNN, TorchScript", upload(f"/v1/models?name=cnn.pt&inputs={factories.CNN_INPUTS}",
+            ("digits CNN, ONNX", upload(http, "/v1/models?name=cnn.onnx", factories.onnx_from_torch(*cnn)), ONNX_CNN),
+            ("digits CNN, TorchScript", upload(http, f"/v1/models?name=cnn.pt&inputs={factories.CNN_INPUTS}",
                                                factories.torchscript_bytes(*cnn)), TORCH_CNN),
-            ("digits CNN, torch.export (.pt2)", upload("/v1/models?name=cnn.pt2", factories.pt2_bytes(*cnn)), PT2_CNN),
-            ("digits MLP, ONNX", upload("/v1/models?name=mlp.onnx", factories.onnx_from_torch(*mlp)), ONNX_MLP),
+            ("digits CNN, torch.export (.pt2)", upload(http, "/v1/models?name=cnn.pt2", factories.pt2_bytes(*cnn)),
+             PT2_CNN),
+            ("digits MLP, ONNX", upload(http, "/v1/models?name=mlp.onnx", factories.onnx_from_torch(*mlp)), ONNX_MLP),
         ]
         for title, model_id, recipes in models:
             rows = []

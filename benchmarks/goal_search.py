@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._service import service  # noqa: E402
+from benchmarks._service import service, upload  # noqa: E402
 from benchmarks.minilm import SEQ, export  # noqa: E402
 from tests import factories  # noqa: E402
 
@@ -68,11 +68,6 @@ def main() -> None:
     x_train, _, x_test, y_test = factories.digits()
     with tempfile.TemporaryDirectory() as tmp, service("up", Path(tmp)) as (base, _), \
             httpx.Client(base_url=base, timeout=600) as http:
-        def upload(path: str, body) -> str:
-            response = http.post(path, content=body, headers={"content-type": "application/octet-stream"})
-            assert response.status_code == 201, response.text
-            return response.json()["id"]
-
         def run(title: str, payload: dict) -> dict:
             started = time.perf_counter()
             submitted = http.post("/v1/jobs", json=payload)
@@ -84,9 +79,11 @@ def main() -> None:
             print(table(title, job, time.perf_counter() - started) + "\n", flush=True)
             return job
 
-        digits = {"calibration": upload("/v1/datasets?name=cal", factories.npz_bytes(input=x_train[:256])),
-                  "evaluation": upload("/v1/datasets?name=test", factories.npz_bytes(input=x_test, labels=y_test))}
-        cnn = upload("/v1/models?name=digits-cnn.onnx", factories.onnx_from_torch(*factories.digits_cnn(epochs=10)))
+        digits = {"calibration": upload(http, "/v1/datasets?name=cal", factories.npz_bytes(input=x_train[:256])),
+                  "evaluation": upload(http, "/v1/datasets?name=test",
+                                       factories.npz_bytes(input=x_test, labels=y_test))}
+        cnn = upload(http, "/v1/models?name=digits-cnn.onnx",
+                     factories.onnx_from_torch(*factories.digits_cnn(epochs=10)))
         jobs = {objective: run(f"Digits CNN, objective {objective}, max_accuracy_drop 0.01 (accuracy)", {
             "model_id": cnn, "datasets": digits, "target": {"batch_sizes": [1, 64]},
             "goal": {"max_accuracy_drop": 0.01, "objective": objective, "time_budget_s": args.budget}})
@@ -96,9 +93,9 @@ def main() -> None:
 
         model, evaluation, calibration = export(Path(tmp))
         with open(model, "rb") as fh:
-            minilm = upload("/v1/models?name=minilm-l6.onnx", fh)
-        sets = {"evaluation": upload("/v1/datasets?name=sentences", factories.npz_bytes(**evaluation)),
-                "calibration": upload("/v1/datasets?name=other-sentences", factories.npz_bytes(**calibration))}
+            minilm = upload(http, "/v1/models?name=minilm-l6.onnx", fh)
+        sets = {"evaluation": upload(http, "/v1/datasets?name=sentences", factories.npz_bytes(**evaluation)),
+                "calibration": upload(http, "/v1/datasets?name=other-sentences", factories.npz_bytes(**calibration))}
         target = {"batch_sizes": [1], "inputs": {"input_ids": {"shape": [1, SEQ], "low": 0, "high": 30522},
                                                  "attention_mask": {"shape": [1, SEQ], "low": 1, "high": 2}}}
         for objective in ("latency", "size"):

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._service import service  # noqa: E402
+from benchmarks._service import service, upload  # noqa: E402
 from tests import factories  # noqa: E402
 
 RECIPES = [
@@ -39,14 +39,9 @@ def main() -> None:
     cnn = factories.digits_cnn(epochs=10)
     with tempfile.TemporaryDirectory() as tmp, service("up", Path(tmp)) as (base, _), \
             httpx.Client(base_url=base, timeout=600) as http:
-        def upload(path: str, body: bytes) -> str:
-            response = http.post(path, content=body, headers={"content-type": "application/octet-stream"})
-            assert response.status_code == 201, response.text
-            return response.json()["id"]
-
-        data = {"calibration": upload("/v1/datasets?name=cal", factories.npz_bytes(input=x_train[:256])),
-                "evaluation": upload("/v1/datasets?name=test", factories.npz_bytes(input=x_test, labels=y_test))}
-        model_id = upload("/v1/models?name=cnn.onnx", factories.onnx_from_torch(*cnn))
+        data = {"calibration": upload(http, "/v1/datasets?name=cal", factories.npz_bytes(input=x_train[:256])),
+                "evaluation": upload(http, "/v1/datasets?name=test", factories.npz_bytes(input=x_test, labels=y_test))}
+        model_id = upload(http, "/v1/models?name=cnn.onnx", factories.onnx_from_torch(*cnn))
 
         def run(steps) -> tuple[dict, float]:
             payload = {"model_id": model_id, "datasets": data, "steps": steps,

@@ -35,6 +35,17 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("TENSORPRESS_")}
 
 
+def wait_ready(base: str, proc: subprocess.Popen, what: str) -> None:
+    """Until the server at ``base`` answers /readyz (or its process has exited)."""
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return proc.poll() is not None
+
+    wait_for(ready, 60, what)
+
+
 def children_of(pid: int) -> list[int]:
     found = []
     for status in Path("/proc").glob("[0-9]*/status"):
@@ -55,12 +66,7 @@ def test_up_runs_a_job_end_to_end_with_nothing_else_installed(tmp_path):
                             stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        def ready():
-            try:
-                return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return proc.poll() is not None
-        wait_for(ready, 60, "the API")
+        wait_ready(base, proc, "the API")
         assert proc.poll() is None, (tmp_path / "up.log").read_text()
         assert (tmp_path / ".tensorpress" / "tensorpress.db").exists()
 
@@ -105,13 +111,7 @@ def test_serve_with_required_auth_takes_keys_made_by_the_cli(tmp_path):
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        def ready():
-            try:
-                return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, 60, "tensorpress serve")
+        wait_ready(base, proc, "tensorpress serve")
         assert httpx.get(f"{base}/v1/models").status_code == 401
         made = subprocess.run([tensorpress(), "keys", "create", "--tenant", "acme"], cwd=tmp_path, env=env,
                               check=True, capture_output=True, text=True)

@@ -11,16 +11,13 @@ import numpy as np
 import pytest
 
 from tests import factories
-from tests.integration.test_distributed import wait_for
-from tests.test_cli_up import clean_env, free_port, tensorpress
+from tests.test_cli_up import clean_env, free_port, tensorpress, wait_ready
 
 pytestmark = pytest.mark.e2e
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "compress.sh"
 
 
 def test_the_pipeline_example_uploads_compresses_gates_and_downloads(tmp_path, cnn):
-    import httpx
-
     model = tmp_path / "cnn.onnx"
     model.write_bytes(factories.onnx_from_torch(*cnn))
     x_train, _, x_test, y_test = factories.digits()
@@ -33,13 +30,7 @@ def test_the_pipeline_example_uploads_compresses_gates_and_downloads(tmp_path, c
                               stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, 60, "tensorpress up")
+        wait_ready(url, server, "tensorpress up")
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
         done = subprocess.run(["bash", str(SCRIPT), str(model), str(tmp_path / "calibration.npz"),
                                str(tmp_path / "evaluation.npz"), str(tmp_path / "out"), "0.02"],
