@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from workers.passes.presets import MATMUL_ONLY, TRANSFORMER_STATIC, Steps, family
+from workers.passes.presets import FUSIONS, MATMUL_ONLY, TRANSFORMER_STATIC, Steps, family
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,11 @@ def _static(kind: str) -> list[Candidate]:
 def _dynamic(kind: str, objective: str) -> list[Candidate]:
     matmuls = ([{"pass": "quantize.dynamic", "params": MATMUL_ONLY}], "dynamic int8 of MatMul/Gemm layers only")
     if kind != "cnn":
-        return _ladder("int8-dynamic", [([{"pass": "quantize.dynamic", "params": {"per_channel": True}}],
-                                         "dynamic int8 per channel (MatMul/Gemm, embeddings, attention)"), matmuls])
+        dynamic = [{"pass": "quantize.dynamic", "params": {"per_channel": True}}]
+        if kind == "transformer":
+            return _ladder("int8-dynamic", [([FUSIONS, *dynamic], "ONNX Runtime's fusions, then dynamic int8 per "
+                                             "channel (MatMul/Gemm, embeddings, attention)"), matmuls])
+        return _ladder("int8-dynamic", [(dynamic, "dynamic int8 per channel (MatMul/Gemm, embeddings)"), matmuls])
     if objective == "size":  # dynamic int8 convolutions are ~8× slower on CPUs, but a quarter of the size
         return _ladder("int8-dynamic", [([{"pass": "quantize.dynamic",
                                            "params": {"op_types": ["Conv", "MatMul", "Gemm"]}}],
@@ -75,6 +78,18 @@ def _structured() -> list[Candidate]:
                                           for ratio in (0.5, 0.3)])
 
 
+def _openvino(kind: str, calibrated: bool) -> list[tuple[Steps, str]]:
+    """OpenVINO rungs, most aggressive first: NNCF int8 (for transformers also with the GELU-fed projections
+    kept float), then the CPU's default precision (bf16 where the CPU has it)."""
+    rungs = [([{"pass": "engine.openvino", "params": {}}], "OpenVINO IR, the CPU's default precision")]
+    if calibrated:
+        rungs.insert(0, ([{"pass": "engine.openvino", "params": {"int8": True}}], "OpenVINO IR, NNCF int8"))
+    if calibrated and kind == "transformer":
+        rungs.insert(1, ([{"pass": "engine.openvino", "params": {"int8": True, "float_after": ["Gelu"]}}],
+                         "OpenVINO IR, NNCF int8, GELU-fed projections kept float"))
+    return rungs
+
+
 def search_space(model: dict[str, Any], objective: str, device: str) -> list[Candidate]:
     """Every candidate worth trying for ``model`` (format, details, datasets), best bets first."""
     kind = family(model["details"])
@@ -96,9 +111,7 @@ def search_space(model: dict[str, Any], objective: str, device: str) -> list[Can
     if objective == "size":
         return [*calibrated, *(_weight_only() if matmul_heavy else []), *_dynamic(kind, objective), *fp16,
                 *structured, *_low_rank()]
-    openvino = _ladder("openvino", [([{"pass": "engine.openvino", "params": {"int8": int8}}],
-                                     "OpenVINO IR" + (", NNCF int8" if int8 else ", the CPU's default precision"))
-                                    for int8 in ((True, False) if "calibration" in datasets else (False,))])
+    openvino = _ladder("openvino", _openvino(kind, "calibration" in datasets))
     graph = [Candidate("graph-optimization", [{"pass": "optimize.onnxruntime", "params": {"level": "extended"}}],
                        "ONNX Runtime graph fusions and constant folding (same numerics)")]
     aot = ([Candidate("aotinductor", [{"pass": "engine.aotinductor", "params": {}}],

@@ -9,7 +9,9 @@ candidate remains. Like the pass modules, this file loads no ML library: the API
 
 Measured on this project's machines (FACTS.md, docs/benchmarks.md): dynamic int8 suits transformers and MLPs
 but makes convolutions ~8× slower; static QDQ speeds CNNs up at equal accuracy but collapses transformers
-unless restricted to constant-weight MatMuls away from GELU outputs; fp16 only pays off on GPUs.
+unless restricted to constant-weight MatMuls away from GELU outputs; fp16 only pays off on GPUs. On
+transformers, ONNX Runtime's fusions before dynamic int8 make MiniLM-L6 10–15% faster than quantizing the
+exported graph, at the same cosine.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def family(details: dict[str, Any]) -> str:
 
 
 MATMUL_ONLY = {"op_types": ["MatMul", "Gemm"]}
+FUSIONS = {"pass": "optimize.onnxruntime", "params": {"level": "extended"}}
 
 
 def _cpu_int8(model: dict[str, Any]) -> Candidates:
@@ -62,9 +65,13 @@ def _cpu_int8(model: dict[str, Any]) -> Candidates:
     if kind == "cnn":
         return [(matmul_only[0], "convolutional model without calibration data: " + matmul_only[1] + " — add a "
                  "calibration dataset for static int8 of the convolutions")]
-    return [([{"pass": "quantize.dynamic", "params": {"per_channel": True}}],
-             f"{kind}: dynamic int8 per channel (int8 weights for MatMul/Gemm and embeddings, activations "
-             "quantized at run time)"), matmul_only]
+    dynamic = ([{"pass": "quantize.dynamic", "params": {"per_channel": True}}],
+               f"{kind}: dynamic int8 per channel (int8 weights for MatMul/Gemm and embeddings, activations "
+               "quantized at run time)")
+    if kind == "transformer":
+        return [([FUSIONS, *dynamic[0]], "transformer: ONNX Runtime's fusions (attention, LayerNorm, GELU), then "
+                 "dynamic int8 per channel"), dynamic, matmul_only]
+    return [dynamic, matmul_only]
 
 
 def _cpu_int8_static(model: dict[str, Any]) -> Candidates:

@@ -6,6 +6,7 @@ import io
 import json
 import zipfile
 
+import numpy as np
 import pytest
 
 from tests import factories
@@ -55,6 +56,19 @@ def test_openvino_f32_default_and_int8(client, cnn, digits_sets):
     assert int8["metrics"]["result"]["size_bytes"] < 0.5 * int8["metrics"]["original"]["size_bytes"]
 
 
+def test_openvino_int8_uses_the_transformer_scheme_and_keeps_gelu_fed_matmuls_float(client, transformer_onnx):
+    ids = np.random.default_rng(2).integers(0, 100, (96, 16))
+    job = run_job(client, {"model_id": upload_model(client, transformer_onnx),
+                           "datasets": {"calibration": upload_data(client, input_ids=ids[:64]),
+                                        "evaluation": upload_data(client, input_ids=ids[64:])},
+                           "target": {"inputs": {"input_ids": {"shape": [1, 16], "low": 0, "high": 100}}},
+                           "steps": [{"pass": "engine.openvino",
+                                      "params": {"int8": True, "float_after": ["Gelu"], "precision": "f32"}}]})
+    metrics = job["steps"][0]["metrics"]
+    assert metrics["transformer_scheme"] is True and metrics["kept_float"] == 2  # one down-projection per block
+    assert job["metrics"]["result"]["fidelity"]["cosine"] > 0.98
+
+
 def test_openvino_from_a_torch_export_program(client, cnn):
     job = run_job(client, {"model_id": upload_model(client, factories.pt2_bytes(*cnn)),
                            "steps": [{"pass": "engine.openvino", "params": {"precision": "f32"}}]})
@@ -65,6 +79,9 @@ def test_engine_requests_that_cannot_run_are_refused(client, uploaded_model, tor
     problem = assert_problem(client.post("/v1/jobs", json={"model_id": uploaded_model["id"], "steps": [
         {"pass": "engine.openvino", "params": {"int8": True}}]}), 422)
     assert problem["errors"][0]["msg"] == "int8 needs a 'calibration' dataset"
+    problem = assert_problem(client.post("/v1/jobs", json={"model_id": uploaded_model["id"], "steps": [
+        {"pass": "engine.openvino", "params": {"float_after": ["Gelu"]}}]}), 422)
+    assert problem["errors"][0]["msg"] == "float_after applies only to int8"
     problem = assert_problem(client.post("/v1/jobs", json={"model_id": uploaded_model["id"], "steps": [
         {"pass": "engine.aotinductor"}]}), 422)
     assert "takes torch_export models" in problem["errors"][0]["msg"]

@@ -13,12 +13,6 @@ from tests.workers.jobs import run_job, upload_data, upload_model
 pytestmark = pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
 
 
-@pytest.fixture(scope="session")
-def transformer_onnx() -> bytes:
-    model, example = factories.tiny_transformer()
-    return factories.onnx_from_torch(model, example, input_name="input_ids", output_name="embedding")
-
-
 def artifact_runs(client, job: dict, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     blob = client.get(f"/v1/artifacts/{job['artifacts'][-1]['id']}/download").content
     onnx.checker.check_model(onnx.load_from_string(blob))
@@ -55,12 +49,28 @@ def test_cpu_int8_preset_chooses_per_family(client, trained_cnn_onnx, transforme
     without = plan(cnn).json()["steps"]
     assert without[0]["pass"] == "quantize.dynamic" and without[0]["params"]["op_types"] == ["MatMul", "Gemm"]
     assert "add a calibration dataset" in without[0]["reason"]
-    assert plan(transformer).json()["steps"][0]["reason"].startswith("preset cpu-int8: transformer")
+    fused = plan(transformer).json()
+    assert [s["pass"] for s in fused["steps"]] == ["optimize.onnxruntime", "quantize.dynamic"]
+    assert fused["steps"][0]["reason"].startswith("preset cpu-int8: transformer")
+    assert [[s["pass"] for s in alt["steps"]] for alt in fused["alternatives"]] == [["quantize.dynamic"]] * 2
     assert plan(mlp).json()["steps"][0]["reason"].startswith("preset cpu-int8: mlp")
     needs = assert_problem(plan(transformer, "cpu-int8-static"), 422)
     assert needs["errors"][0]["loc"] == ["preset"] and "calibration" in needs["errors"][0]["msg"]
     gpu = plan(mlp, "gpu-fp16").json()["steps"]
     assert gpu[0]["pass"] == "quantize.fp16" and gpu[0]["params"]["keep_io_types"] is True
+
+
+def test_cpu_int8_fuses_a_transformer_before_quantizing_it(client, transformer_onnx):
+    ids = np.random.default_rng(1).integers(0, 100, (32, 16))
+    job = run_job(client, {"model_id": upload_model(client, transformer_onnx), "preset": "cpu-int8",
+                           "datasets": {"evaluation": upload_data(client, input_ids=ids)},
+                           "target": {"inputs": {"input_ids": {"shape": [1, 16], "low": 0, "high": 100}}}})
+    fusions, quantize = job["steps"]
+    assert fusions["metrics"]["nodes_after"] < fusions["metrics"]["nodes_before"]
+    assert quantize["metrics"]["quantized_nodes"]["MatMulInteger"] == 2 * 4  # every Linear of both blocks
+    result = job["metrics"]["result"]
+    assert result["size_bytes"] < 0.35 * job["metrics"]["original"]["size_bytes"]
+    assert result["fidelity"]["cosine"] > 0.99
 
 
 def test_transformer_static_preset_keeps_it_from_collapsing(client, transformer_onnx):

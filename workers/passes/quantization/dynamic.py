@@ -58,6 +58,9 @@ def run(ctx: PassContext, params: DynamicQuantizeParams) -> PassResult:
         weight_type=QuantType.QInt8 if params.weight_type == "int8" else QuantType.QUInt8,
         op_types_to_quantize=[t for t in op_types if t != "Gemm"],
         nodes_to_exclude=params.exclude_nodes,
+        # after ONNX Runtime's fusions, shape inference cannot type the outputs of contrib ops (Attention,
+        # SkipLayerNormalization…): they are float
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     quantized = onnx.load(str(out), load_external_data=False)
     counts: dict[str, int] = {}
