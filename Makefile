@@ -35,14 +35,8 @@ lint: install-test
 	$(VENV)/bin/ruff check app workers tests benchmarks migrations
 	$(VENV)/bin/lint-imports
 
+# Writes docs/benchmarks.md: the service beside hand-written baselines (~15 min). The older focused scripts
+# (benchmarks/digits.py, engines.py, structured.py, regression_gate.py, goal_search.py, reliability.py) run alone.
 bench: install-test
 	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) benchmarks/service_vs_script.py
-	$(PY) benchmarks/upload.py
-	$(PY) benchmarks/digits.py
-	$(PY) benchmarks/minilm.py
-	$(PY) benchmarks/structured.py
-	$(PY) benchmarks/engines.py
-	$(PY) benchmarks/regression_gate.py
-	$(PY) benchmarks/goal_search.py
-	$(PY) benchmarks/reliability.py
+	$(PY) benchmarks/suite.py

@@ -91,7 +91,7 @@ def main() -> None:
         if args.screenshot:
             screenshot(f"{base}/v1/jobs/{jobs['size']['id']}/report", args.screenshot)
 
-        model, evaluation, calibration = export(Path(tmp))
+        _, model, evaluation, calibration = export(Path(tmp))
         with open(model, "rb") as fh:
             minilm = upload(http, "/v1/models?name=minilm-l6.onnx", fh)
         sets = {"evaluation": upload(http, "/v1/datasets?name=sentences", factories.npz_bytes(**evaluation)),
