@@ -9,6 +9,7 @@ from workers.passes.export import onnx as _export_onnx
 from workers.passes.lowrank import svd as _svd
 from workers.passes.optimize import onnxruntime as _optimize_ort
 from workers.passes.pruning import magnitude as _magnitude
+from workers.passes.pruning import semi_structured as _semi_structured
 from workers.passes.pruning import structured as _structured
 from workers.passes.quantization import dynamic as _dynamic
 from workers.passes.quantization import fp16 as _fp16
@@ -19,4 +20,4 @@ from workers.passes.training import finetune as _finetune
 
 __all__ = ["REGISTRY", "Cancelled", "PassContext", "PassParams", "PassResult", "PassSpec"]
 _REGISTERED = (_kd, _aotinductor, _openvino, _tensorrt, _export_onnx, _svd, _optimize_ort, _magnitude,
-               _structured, _dynamic, _fp16, _half, _static, _weight_only, _finetune)
+               _semi_structured, _structured, _dynamic, _fp16, _half, _static, _weight_only, _finetune)

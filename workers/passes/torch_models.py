@@ -45,6 +45,12 @@ class TorchModel:
             return [t for name, t in self.program.state_dict.items() if name in params]
         return list(self.module.parameters())
 
+    def save_to(self, folder: Path) -> Path:
+        """Save into ``folder`` under the format's usual name; the path written."""
+        path = folder / ("model.pt" if self.format == "torchscript" else "model.pt2")
+        self.save(path)
+        return path
+
     def save(self, path: Path) -> None:
         import torch
 

@@ -15,19 +15,6 @@ from tests.workers.jobs import run_job, upload_data, upload_model
 pytestmark = pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
 
 
-@pytest.fixture(scope="session")
-def trained_cnn():
-    return factories.digits_cnn(epochs=10)
-
-
-@pytest.fixture
-def digits_sets(client) -> dict[str, str]:
-    x_train, y_train, x_test, y_test = factories.digits()
-    return {"training": upload_data(client, input=x_train, labels=y_train),
-            "validation": upload_data(client, input=x_train[-200:], labels=y_train[-200:]),
-            "evaluation": upload_data(client, input=x_test, labels=y_test)}
-
-
 def upload_torchscript(client, cnn) -> str:
     response = client.post(f"/v1/models?name=cnn.pt&inputs={CNN_INPUTS}", content=factories.torchscript_bytes(*cnn),
                            headers=OCTET)
@@ -44,8 +31,8 @@ def pt2_weights(client, artifact_id: str) -> dict[str, np.ndarray]:
     return {k: v.detach().numpy() for k, v in program.state_dict.items() if k.endswith("weight") and v.dim() >= 2}
 
 
-def test_prune_half_then_finetune_keeps_accuracy_and_sparsity(client, trained_cnn, digits_sets):
-    job = run_job(client, {"model_id": upload_torchscript(client, trained_cnn), "datasets": digits_sets,
+def test_prune_half_then_finetune_keeps_accuracy_and_sparsity(client, trained_cnn, training_sets):
+    job = run_job(client, {"model_id": upload_torchscript(client, trained_cnn), "datasets": training_sets,
                            "steps": [{"pass": "prune.magnitude", "params": {"sparsity": 0.5}},
                                      {"pass": "train.finetune", "params": {"epochs": 3}}]})
     pruned, tuned = job["steps"][0]["metrics"], job["steps"][1]["metrics"]
@@ -59,9 +46,9 @@ def test_prune_half_then_finetune_keeps_accuracy_and_sparsity(client, trained_cn
     assert "epoch 1/3: loss" in logs and "validation" in logs
 
 
-def test_pt2_programs_are_pruned_and_trained_in_place(client, trained_cnn, digits_sets):
+def test_pt2_programs_are_pruned_and_trained_in_place(client, trained_cnn, training_sets):
     model_id = upload_model(client, factories.pt2_bytes(*trained_cnn))
-    job = run_job(client, {"model_id": model_id, "datasets": digits_sets,
+    job = run_job(client, {"model_id": model_id, "datasets": training_sets,
                            "steps": [{"pass": "prune.magnitude", "params": {"sparsity": 0.6, "scope": "per_layer"}},
                                      {"pass": "train.finetune", "params": {"epochs": 1}}]})
     pruned, tuned = (pt2_weights(client, a["id"]) for a in job["artifacts"])
@@ -72,11 +59,11 @@ def test_pt2_programs_are_pruned_and_trained_in_place(client, trained_cnn, digit
     assert job["metrics"]["result"]["accuracy"] >= job["metrics"]["original"]["accuracy"] - 0.02
 
 
-def test_l1_pushes_weights_towards_zero(client, trained_cnn, digits_sets):
+def test_l1_pushes_weights_towards_zero(client, trained_cnn, training_sets):
     model_id = upload_model(client, factories.pt2_bytes(*trained_cnn))
 
     def near_zero_share(l1: float) -> float:
-        job = run_job(client, {"model_id": model_id, "datasets": {"training": digits_sets["training"]},
+        job = run_job(client, {"model_id": model_id, "datasets": {"training": training_sets["training"]},
                                "steps": [{"pass": "train.finetune", "params": {"epochs": 2, "l1": l1, "seed": 7}}]})
         weights = pt2_weights(client, job["artifacts"][0]["id"])
         return float(np.mean(np.concatenate([np.abs(w).ravel() for w in weights.values()]) < 1e-3))
@@ -85,14 +72,14 @@ def test_l1_pushes_weights_towards_zero(client, trained_cnn, digits_sets):
     assert sparse > 2 * plain and sparse > 0.05, (plain, sparse)
 
 
-def test_lowrank_reaches_the_ratio_and_high_energy_stays_close(client, trained_cnn, digits_sets):
+def test_lowrank_reaches_the_ratio_and_high_energy_stays_close(client, trained_cnn, training_sets):
     mlp = run_job(client, {"model_id": upload_model(client, factories.onnx_mlp()),
                            "steps": [{"pass": "lowrank.svd", "params": {"rank_by": "ratio", "ratio": 0.5}}]})
     metrics = mlp["steps"][0]["metrics"]
     assert metrics["params_after"] <= 0.5 * metrics["params_before"]
     assert all(layer["params_after"] < layer["params_before"] for layer in metrics["layers"].values())
     cnn = upload_model(client, factories.onnx_from_torch(*trained_cnn))
-    job = run_job(client, {"model_id": cnn, "datasets": {"evaluation": digits_sets["evaluation"]},
+    job = run_job(client, {"model_id": cnn, "datasets": {"evaluation": training_sets["evaluation"]},
                            "steps": [{"pass": "lowrank.svd", "params": {"rank_by": "energy", "energy": 0.95,
                                                                         "min_params": 1000}}]})
     layers = job["steps"][0]["metrics"]["layers"]
@@ -110,9 +97,9 @@ def test_onnx_initializers_are_pruned_without_training(client):
     assert result["nonzero_parameters"] < 0.35 * result["parameters"]
 
 
-def test_prune_finetune_int8_preset(client, trained_cnn, digits_sets):
+def test_prune_finetune_int8_preset(client, trained_cnn, training_sets):
     payload = {"model_id": upload_torchscript(client, trained_cnn), "preset": "prune-finetune-int8",
-               "datasets": {**digits_sets, "calibration": digits_sets["validation"]}}
+               "datasets": {**training_sets, "calibration": training_sets["validation"]}}
     plan = client.post("/v1/jobs?dry_run=true", json=payload).json()
     assert [s["pass"] for s in plan["steps"]] == ["prune.magnitude", "train.finetune", "export.onnx",
                                                   "quantize.static"]
@@ -147,11 +134,11 @@ def test_training_an_onnx_model_is_refused_with_the_reason(client, uploaded_mode
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_half_precision_programs_halve_the_size_and_keep_accuracy(client, trained_cnn, digits_sets, dtype):
+def test_half_precision_programs_halve_the_size_and_keep_accuracy(client, trained_cnn, training_sets, dtype):
     import torch
 
     model_id = upload_model(client, factories.pt2_bytes(*trained_cnn))
-    job = run_job(client, {"model_id": model_id, "datasets": {"evaluation": digits_sets["evaluation"]},
+    job = run_job(client, {"model_id": model_id, "datasets": {"evaluation": training_sets["evaluation"]},
                            "steps": [{"pass": "quantize.half", "params": {"dtype": dtype}}],
                            "evaluation": {"max_accuracy_drop": 0.02}, "target": {"objective": "size"}})
     original, result = job["metrics"]["original"], job["metrics"]["result"]

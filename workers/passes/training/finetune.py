@@ -15,11 +15,13 @@ ONNX models cannot be trained: upload the network as TorchScript or a .pt2 progr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import Field
 
 from workers.passes.base import PassContext, PassResult, PassSpec, register
+from workers.passes.torch_models import TorchModel
 from workers.passes.training.loop import TrainingParams
 
 
@@ -28,19 +30,34 @@ class FinetuneParams(TrainingParams):
 
 
 def run(ctx: PassContext, params: FinetuneParams) -> PassResult:
+    model = TorchModel(ctx.model_path, ctx.model_format)
+    weights = model.weights()
+    metrics = train(ctx, model, params, l1=params.l1)
+    out = model.save_to(ctx.work_dir)
+    zeros = sum(int((w == 0).sum()) for w in weights.values())
+    metrics["sparsity"] = round(zeros / max(sum(w.numel() for w in weights.values()), 1), 4)
+    return PassResult(out, ctx.model_format, metrics=metrics)
+
+
+def train(ctx: PassContext, model: Any, params: TrainingParams, *, l1: float = 0.0,
+          after_step: Callable[[], None] | None = None, validate: bool = True) -> dict[str, Any]:
+    """Train ``model`` (a :class:`TorchModel`) in place on the ``training`` dataset, as described above.
+
+    ``after_step`` runs after every optimizer step, after the zeros are restored: passes that train under a
+    constraint (a growing sparsity, shared cluster values, a 2:4 pattern) project the weights there.
+    ``validate=False`` ignores a ``validation`` dataset (a schedule whose epochs differ must not be undone by
+    restoring an early epoch)."""
     import torch
 
     from workers.evaluation import load_dataset
-    from workers.passes.torch_models import TorchModel
     from workers.passes.training.loop import fit, predict
 
     torch.manual_seed(params.seed)
-    model = TorchModel(ctx.model_path, ctx.model_format)
     weights = model.weights()
     masks = {name: w != 0 for name, w in weights.items() if bool((w == 0).any())}
     names = [s["name"] for s in ctx.inputs]
     arrays, labels = load_dataset(ctx.datasets["training"])
-    validation = load_dataset(ctx.datasets["validation"]) if "validation" in ctx.datasets else None
+    validation = load_dataset(ctx.datasets["validation"]) if validate and "validation" in ctx.datasets else None
     # Without labels, the targets are the original model's outputs (a frozen copy of it).
     needs_teacher = labels is None or (validation is not None and validation[1] is None)
     teacher = TorchModel(ctx.model_path, ctx.model_format).module if needs_teacher else None
@@ -50,12 +67,14 @@ def run(ctx: PassContext, params: FinetuneParams) -> PassResult:
 
     def loss_fn(out: Any, targets: list[Any]) -> Any:
         loss = criterion(out, targets[0])
-        return loss + params.l1 * sum(w.abs().sum() for w in weights.values()) if params.l1 else loss
+        return loss + l1 * sum(w.abs().sum() for w in weights.values()) if l1 else loss
 
-    def keep_zeros() -> None:
+    def project() -> None:
         with torch.no_grad():
             for name, mask in masks.items():
                 weights[name].mul_(mask)
+        if after_step is not None:
+            after_step()
 
     def score() -> float:
         """Accuracy for class ids, else negative MSE (to labels or the original's outputs)."""
@@ -66,14 +85,9 @@ def run(ctx: PassContext, params: FinetuneParams) -> PassResult:
             return float((out.argmax(1) == target).mean())
         return -float(((out - target) ** 2).mean())
 
-    metrics = fit(ctx, model.module, names, arrays, [labels], loss_fn, params,
-                  train_mode=ctx.model_format == "torchscript", score=score if validation else None,
-                  after_step=keep_zeros if masks else None)
-    out = ctx.work_dir / ("model.pt" if ctx.model_format == "torchscript" else "model.pt2")
-    model.save(out)
-    zeros = sum(int((w == 0).sum()) for w in weights.values())
-    metrics["sparsity"] = round(zeros / max(sum(w.numel() for w in weights.values()), 1), 4)
-    return PassResult(out, ctx.model_format, metrics=metrics)
+    return fit(ctx, model.module, names, arrays, [labels], loss_fn, params,
+               train_mode=ctx.model_format == "torchscript", score=score if validation else None,
+               after_step=project if masks or after_step else None)
 
 
 SPEC = register(
