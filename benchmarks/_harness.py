@@ -40,13 +40,13 @@ def onnx_entry(source: str, label: str, path: Path) -> Entry:
     return Entry(source, label, runner, size_and_parameters(path, runner)[0])
 
 
-def artifact_entry(label: str, path: Path, fmt: str) -> Entry:
-    """A service artifact, loaded by the service's own runner for its format."""
+def artifact_entry(label: str, path: Path, fmt: str, names: list[str]) -> Entry:
+    """A service artifact, loaded by the service's own runner for its format (``names``: the model's inputs)."""
     from workers.evaluation import load_runner
 
     if fmt == "onnx":
         return onnx_entry("service", label, path)
-    runner = load_runner(path, fmt, THREADS, [])
+    runner = load_runner(path, fmt, THREADS, [{"name": n} for n in names])
     return Entry("service", label, runner, path.stat().st_size, engine=runner.conditions["runtime"])
 
 

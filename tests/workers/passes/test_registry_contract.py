@@ -13,8 +13,9 @@ MLP_INPUTS = [{"name": "x", "dtype": "float32", "shape": ["batch", 64]}]
 MLP_OUTPUTS = [{"name": "logits", "dtype": "float32", "shape": ["batch", 10]}]
 
 
-def tiny_model(fmt: str, folder):
-    """A 64→256→256→10 MLP in the requested format."""
+def tiny_model(fmt: str, folder, conv: bool = False):
+    """A 64→256→256→10 MLP in the requested format (``conv``: the 64 inputs seen as 16×2×2 through a 3×3
+    convolution first, for passes that rewrite convolutions)."""
     import torch
 
     if fmt == "onnx":
@@ -22,7 +23,8 @@ def tiny_model(fmt: str, folder):
         factories.onnx_mlp(path)
         return path
     torch.manual_seed(0)
-    module = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)).eval()
+    layers = [torch.nn.Unflatten(1, (16, 2, 2)), torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.Flatten()] * conv
+    module = torch.nn.Sequential(*layers, torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)).eval()
     example = torch.randn(2, 64)
     if fmt == "torchscript":
         path = folder / "model.pt"
@@ -62,7 +64,7 @@ def test_every_pass_runs_on_a_tiny_model(name, fmt, tmp_path):
                     "it runs in tests/gpu (make test-gpu)")
     if spec.check and (refused := spec.check(params, fmt, set(spec.datasets))):
         pytest.skip(f"refused at submission, as it should be: {refused}")
-    model = tiny_model(fmt, tmp_path)
+    model = tiny_model(fmt, tmp_path, conv=name == "rewrite.separable")
     rng = np.random.default_rng(0)
     datasets = {}
     for role in spec.datasets:

@@ -83,3 +83,88 @@ def test_2_4_sparsity_on_onnx_matmuls_groups_the_input_rows(client):
     for weight in weights:  # MatMul weights are [in, out]
         assert groups_of_four_have_two_zeros(weight, 0) and float(np.mean(weight == 0)) == 0.5
     assert job["metrics"]["result"]["fidelity"]["cosine"] > 0.8
+
+
+def palettized_weights(blob: bytes) -> dict[str, np.ndarray]:
+    """The weights a palettized ONNX model expands (codebook[indices]), by weight name."""
+    tensors = {i.name: numpy_helper.to_array(i) for i in onnx.load_from_string(blob).graph.initializer}
+    return {name[:-len(".codebook")]: codebook[tensors[name[:-len(".codebook")] + ".indices"].astype(np.int64)]
+            for name, codebook in tensors.items() if name.endswith(".codebook")}
+
+
+def test_clustering_to_16_values_fine_tunes_and_stores_a_quarter_of_the_bytes(client, trained_cnn, cnn_pt2,
+                                                                              training_sets):
+    job = run_job(client, {"model_id": cnn_pt2, "datasets": training_sets, "steps": [
+        {"pass": "cluster.weights", "params": {"clusters": 16, "finetune": {"epochs": 3}}}]})
+    metrics = job["steps"][0]["metrics"]
+    assert sorted(metrics["distinct_values"]) == ["3.weight", "7.weight", "9.weight"]  # 0.weight: 144 < 256
+    assert all(count <= 16 for count in metrics["distinct_values"].values()) and metrics["training"]["epochs_run"]
+    blob = client.get(f"/v1/artifacts/{job['artifacts'][-1]['id']}/download").content
+    weights = palettized_weights(blob)
+    assert len(weights) == 3 and all(len(np.unique(w)) <= 16 for w in weights.values())
+    fp32 = factories.onnx_from_torch(*trained_cnn)
+    assert len(blob) * 3 <= len(fp32), (len(blob), len(fp32))
+    original, result = accuracy(job)
+    assert result >= original - 0.02, (original, result)
+    x, labels = factories.digits()[2:]
+    logits = factories.run_onnx(blob, {"input": x})[0]
+    assert abs(float(np.mean(logits.argmax(1) == labels)) - result) < 1e-6  # the stored file is what was measured
+
+
+def test_clustering_an_onnx_model_without_training(client):
+    data = factories.onnx_mlp()
+    job = run_job(client, {"model_id": upload_model(client, data),
+                           "steps": [{"pass": "cluster.weights", "params": {"clusters": 32}}]})
+    metrics = job["steps"][0]["metrics"]
+    assert metrics["layers"] == 3 and metrics["max_distinct"] <= 32 and metrics["ratio"] > 3.5
+    assert job["metrics"]["result"]["size_bytes"] * 3 <= len(data)
+    assert job["metrics"]["result"]["fidelity"]["cosine"] > 0.99
+
+
+def test_separable_rewrite_cuts_parameters_and_macs_as_computed_and_fine_tunes_back(client, cnn_pt2, training_sets):
+    job = run_job(client, {"model_id": cnn_pt2, "datasets": training_sets, "steps": [
+        {"pass": "rewrite.separable", "params": {"finetune": {"epochs": 5}}}]})
+    metrics = job["steps"][0]["metrics"]
+    [conv] = metrics["rewritten"]  # 3×3, 16 → 32 channels, on 8×8 pixels
+    assert metrics["left_alone"] == [{"layer": "0.weight", "reason": "fewer than 8 input channels"}]
+    assert conv["layer"] == "3.weight" and conv["params_before"] == 32 * 16 * 9
+    assert conv["params_after"] == 16 * 9 + 32 * 16  # depthwise 3×3 per input channel + pointwise 1×1
+    assert metrics["params_before"] - metrics["params_after"] == conv["params_before"] - conv["params_after"]
+    assert metrics["macs_before"] - metrics["macs_after"] == (conv["params_before"] - conv["params_after"]) * 64
+    assert job["metrics"]["result"]["parameters"] == metrics["params_after"]
+    original, result = accuracy(job)
+    assert result >= original - 0.02, (original, result)
+
+
+def test_qat_int8_matches_or_beats_post_training_int8_and_stays_near_float(client, cnn_pt2, training_sets):
+    job = run_job(client, {"model_id": cnn_pt2, "datasets": training_sets,
+                           "steps": [{"pass": "quantize.qat", "params": {"epochs": 2}}]})
+    metrics = job["steps"][0]["metrics"]
+    assert metrics["layers"] == 4 and metrics["training"]["epochs_run"] >= 1
+    assert {"float", "ptq", "qat", "recovered"} <= set(metrics) and metrics["on"].startswith("validation")
+    model = onnx.load_from_string(client.get(f"/v1/artifacts/{job['artifacts'][-1]['id']}/download").content)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert sum(i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2 for i in model.graph.initializer) == 4
+    ptq = run_job(client, {"model_id": cnn_pt2, "datasets": {"calibration": training_sets["training"],
+                                                             "evaluation": training_sets["evaluation"]},
+                           "steps": [{"pass": "export.onnx"}, {"pass": "quantize.static"}]})
+    original, qat_accuracy = accuracy(job)
+    ptq_accuracy = accuracy(ptq)[1]
+    assert qat_accuracy >= ptq_accuracy - 0.005, (qat_accuracy, ptq_accuracy)
+    assert qat_accuracy >= original - 0.01, (original, qat_accuracy)
+
+
+def test_gradual_structured_pruning_reaches_the_one_shot_architecture_in_stages(client, cnn_pt2, training_sets):
+    steps = {"ratio": 0.5, "schedule": {"epochs": 6, "steps": 4}}  # 4 stages in 4 epochs, then 2 at 50%
+    gradual = run_job(client, {"model_id": cnn_pt2, "datasets": training_sets,
+                               "steps": [{"pass": "prune.structured", "params": steps}]})
+    one_shot = run_job(client, {"model_id": cnn_pt2, "steps": [{"pass": "prune.structured", "params": {"ratio": 0.5}}]})
+    metrics = gradual["steps"][0]["metrics"]
+    ratios = [stage["ratio"] for stage in metrics["stages"] if not stage.get("fine_tuning")]
+    assert metrics["stages"][-1]["fine_tuning"] and metrics["stages"][-1]["ratio"] == 0.5
+    assert len(ratios) == 4 and ratios[-1] == 0.5 and all(a < b for a, b in zip(ratios, ratios[1:], strict=False))
+    assert [stage["parameters"] for stage in metrics["stages"]][-1] == metrics["params_after"]
+    assert metrics["params_after"] == one_shot["steps"][0]["metrics"]["params_after"] < metrics["params_before"]
+    original, result = accuracy(gradual)
+    assert result >= original - 0.02, (original, result)

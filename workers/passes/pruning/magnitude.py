@@ -139,7 +139,7 @@ def _gradually(ctx: PassContext, model: Any, params: MagnitudePruneParams) -> di
     if schedule.initial:
         cut(schedule.initial)
         keep()
-    metrics = train(ctx, model, schedule, after_step=step, validate=False)
+    metrics = train(ctx, model.module, tensors, schedule, after_step=step, validate=False)
     ctx.log(f"gradual pruning: {state['pruning_steps']} step(s) every {every} optimizer steps, sparsity "
             + " → ".join(f"{s:.0%}" for s in [schedule.initial, *state["sparsities"]]))
     return {**metrics, "pruning_steps": state["pruning_steps"], "sparsities": state["sparsities"]}

@@ -66,7 +66,7 @@ def run(ctx: PassContext, params: SemiStructuredParams) -> PassResult:
     with torch.no_grad():
         for name, (weight, axis) in chosen.items():
             tensors[name].mul_(torch.from_numpy(mask_2_4(weight, axis)).to(tensors[name].dtype))
-    training = train(ctx, model, params.finetune) if params.finetune else None
+    training = train(ctx, model.module, tensors, params.finetune) if params.finetune else None
     final = {name: (tensors[name].detach().numpy(), axis) for name, (_, axis) in chosen.items()}
     out = model.save_to(ctx.work_dir)
     return _result(ctx, out, ctx.model_format, final, skipped, training)

@@ -34,6 +34,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from workers.passes.base import PassContext, PassParams, PassResult, PassSpec, register
+from workers.passes.pruning.schedule import Schedule, sparsity_at
 
 
 class StructuredPruneParams(PassParams):
@@ -43,6 +44,8 @@ class StructuredPruneParams(PassParams):
     round_to: int = Field(default=8, ge=1, le=64, description="Keep a multiple of this many channels (kernels "
                           "run faster on multiples of 8); never fewer than it.")
     min_channels: int = Field(default=8, ge=1, description="Leave groups with fewer channels than this alone.")
+    schedule: Schedule | None = Field(default=None, description="Remove the channels in stages while training on "
+                                      "the `training` dataset, instead of in one shot.")
 
 
 UNARY = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardtanh", "hardswish", "leaky_relu", "elu",
@@ -282,8 +285,10 @@ def _indices(segments: tuple, tracker: Tracker, kept: dict[int, Any]) -> Any:
     return torch.cat(parts)
 
 
-def prune(gm: Any, params: StructuredPruneParams) -> dict[str, Any]:
-    """Prune ``gm`` (an ``ExportedProgram.module()``) in place; returns the report."""
+def prune(gm: Any, params: StructuredPruneParams, original: dict[str, int] | None = None) -> dict[str, Any]:
+    """Prune ``gm`` (an ``ExportedProgram.module()``) in place; returns the report. With ``original`` (group →
+    channel count, filled on the first call), ``ratio`` applies to each group's original size: a schedule's
+    stages then reach the same channel counts as one shot at their ratio."""
     import torch
 
     tracker, patches = analyse(gm)
@@ -297,6 +302,7 @@ def prune(gm: Any, params: StructuredPruneParams) -> dict[str, Any]:
         producers = [p for m in members for p in tracker.spaces[m].producers]
         size = tracker.spaces[root].size
         names = [w.rsplit(".", 1)[0] for w, _ in producers]
+        base = size if original is None else original.setdefault(names[0], size)
         if tracker.spaces[root].frozen or size < params.min_channels:
             left_alone.append({"layers": names, "channels": size,
                                "reason": tracker.spaces[root].frozen or f"fewer than {params.min_channels}"})
@@ -308,7 +314,7 @@ def prune(gm: Any, params: StructuredPruneParams) -> dict[str, Any]:
         unit = tracker.spaces[root].unit
         if unit > 1:  # whole attention heads: score them by the sum over their channels
             heads = size // unit
-            keep_heads = max(1, int(heads * (1 - params.ratio)))
+            keep_heads = min(heads, max(1, int(base // unit * (1 - params.ratio))))
             if keep_heads >= heads:
                 left_alone.append({"layers": names, "channels": size, "reason": f"{heads} heads: none to remove"})
                 continue
@@ -317,7 +323,7 @@ def prune(gm: Any, params: StructuredPruneParams) -> dict[str, Any]:
             report_groups.append({"layers": names, "channels": size, "kept": keep_heads * unit,
                                   "coupled": len(producers) > 1, "heads": heads, "kept_heads": keep_heads})
             continue
-        count = _keep_count(size, params)
+        count = min(size, _keep_count(base, params))
         if count >= size:
             left_alone.append({"layers": names, "channels": size, "reason": f"rounding to {params.round_to}"})
             continue
@@ -372,21 +378,80 @@ def run(ctx: PassContext, params: StructuredPruneParams) -> PassResult:
     one = tuple(torch.from_numpy(v) for v in ctx.example_inputs(1).values())
     params_before = sum(p.numel() for p in gm.parameters())
     macs_before = macs(gm, one)
-    report = prune(gm, params)
+    stages: list[dict[str, Any]] = []
+    if params.schedule:
+        pruned, report = _gradually(ctx, gm, params, stages)
+    else:
+        report = prune(gm, params)
+        pruned = reexport(gm, ctx) if report["groups"] else None
     if not report["groups"]:
         raise ValueError("no channel group could be pruned: " + "; ".join(
             f"{', '.join(g['layers'])}: {g['reason']}" for g in report["left_alone"]))
-    pruned = reexport(gm, ctx)
     out = ctx.work_dir / "model.pt2"
     torch.export.save(pruned, str(out))
     ctx.check_cancelled()
     params_after = sum(p.numel() for p in pruned.module().parameters())
     metrics = {**report, "params_before": params_before, "params_after": params_after,
                "macs_before": macs_before, "macs_after": macs(pruned.module(), one)}
+    if stages:
+        metrics["stages"] = stages
     ctx.log(f"pruned {len(report['groups'])} group(s): parameters {params_before} → {params_after}, MACs "
             f"{metrics['macs_before']} → {metrics['macs_after']}; left alone: "
             + ("; ".join(f"{', '.join(g['layers'])} ({g['reason']})" for g in report["left_alone"]) or "none"))
     return PassResult(out, "torch_export", metrics=metrics)
+
+
+def _gradually(ctx: PassContext, gm: Any, params: StructuredPruneParams, stages: list[dict[str, Any]]
+               ) -> tuple[Any, dict[str, Any]]:
+    """Prune in ``schedule.steps`` stages (at most one per epoch of the ramp, the first ``ramp`` share of the
+    epochs), each re-exported and trained for its share of the ramp; the last stage reaches ``ratio`` exactly as
+    one shot would, and the epochs after the ramp fine-tune it (with early stopping on ``validation``). The final
+    program and the report of the groups pruned (channels counted against the original)."""
+    import torch
+
+    from workers.passes.torch_models import TorchModel, reexport
+    from workers.passes.training.finetune import train
+
+    schedule = params.schedule
+    ramp = max(1, int(schedule.epochs * schedule.ramp))
+    count = min(schedule.steps, ramp)
+    original: dict[str, int] = {}
+    groups: dict[str, dict[str, Any]] = {}
+    left_alone: list[dict[str, Any]] = []
+    program = None
+    for stage in range(1, count + 1):
+        ctx.check_cancelled()
+        ratio = sparsity_at(stage, params.ratio, schedule.model_copy(update={"steps": count}))
+        report = prune(gm, params.model_copy(update={"ratio": ratio}), original)
+        for group in report["groups"]:
+            groups[group["layers"][0]] = {**group, "channels": original[group["layers"][0]]}
+        left_alone = report["left_alone"]
+        program = reexport(gm, ctx)
+        path = ctx.work_dir / f"stage{stage}.pt2"
+        torch.export.save(program, str(path))
+        model = TorchModel(path, "torch_export")
+        epochs = ramp // count + (stage <= ramp % count)
+        training = train(ctx, model.module, model.weights(), schedule.model_copy(update={"epochs": epochs}),
+                         validate=False)
+        program = model.program
+        stages.append({"ratio": round(ratio, 4), "parameters": sum(p.numel() for p in model.module.parameters()),
+                       "epochs": training["epochs_run"], "loss": training["losses"][-1]})
+        ctx.log(f"stage {stage}/{count}: ratio {ratio:.0%}, {stages[-1]['parameters']} parameters, loss "
+                f"{stages[-1]['loss']:.4f}")
+        gm = program.module()
+    if schedule.epochs > ramp:
+        training = train(ctx, model.module, model.weights(), schedule.model_copy(
+            update={"epochs": schedule.epochs - ramp}))
+        stages.append({"ratio": params.ratio, "parameters": stages[-1]["parameters"],
+                       "epochs": training["epochs_run"], "loss": training["losses"][-1], "fine_tuning": True})
+    left_alone = [g for g in left_alone if g["layers"][0] not in groups]
+    return program, {"groups": list(groups.values()), "left_alone": left_alone}
+
+
+def check(params: StructuredPruneParams, source_format: str, datasets: set[str]) -> str | None:
+    if params.schedule and "training" not in datasets:
+        return "a schedule needs a 'training' dataset"
+    return None
 
 
 SPEC = register(
@@ -399,5 +464,6 @@ SPEC = register(
         params=StructuredPruneParams,
         run=run,
         requires=("torch",),
+        check=check,
     )
 )

@@ -32,16 +32,17 @@ class FinetuneParams(TrainingParams):
 def run(ctx: PassContext, params: FinetuneParams) -> PassResult:
     model = TorchModel(ctx.model_path, ctx.model_format)
     weights = model.weights()
-    metrics = train(ctx, model, params, l1=params.l1)
+    metrics = train(ctx, model.module, weights, params, l1=params.l1)
     out = model.save_to(ctx.work_dir)
     zeros = sum(int((w == 0).sum()) for w in weights.values())
     metrics["sparsity"] = round(zeros / max(sum(w.numel() for w in weights.values()), 1), 4)
     return PassResult(out, ctx.model_format, metrics=metrics)
 
 
-def train(ctx: PassContext, model: Any, params: TrainingParams, *, l1: float = 0.0,
+def train(ctx: PassContext, module: Any, weights: dict[str, Any], params: TrainingParams, *, l1: float = 0.0,
           after_step: Callable[[], None] | None = None, validate: bool = True) -> dict[str, Any]:
-    """Train ``model`` (a :class:`TorchModel`) in place on the ``training`` dataset, as described above.
+    """Train ``module`` in place on the ``training`` dataset, as described above; ``weights`` are its conv and
+    linear weights by name (zeros among them stay zero; ``l1`` applies to them).
 
     ``after_step`` runs after every optimizer step, after the zeros are restored: passes that train under a
     constraint (a growing sparsity, shared cluster values, a 2:4 pattern) project the weights there.
@@ -53,7 +54,6 @@ def train(ctx: PassContext, model: Any, params: TrainingParams, *, l1: float = 0
     from workers.passes.training.loop import fit, predict
 
     torch.manual_seed(params.seed)
-    weights = model.weights()
     masks = {name: w != 0 for name, w in weights.items() if bool((w == 0).any())}
     names = [s["name"] for s in ctx.inputs]
     arrays, labels = load_dataset(ctx.datasets["training"])
@@ -79,13 +79,13 @@ def train(ctx: PassContext, model: Any, params: TrainingParams, *, l1: float = 0
     def score() -> float:
         """Accuracy for class ids, else negative MSE (to labels or the original's outputs)."""
         feeds, target = validation
-        out = predict(model.module, names, feeds)
+        out = predict(module, names, feeds)
         target = predict(teacher, names, feeds) if target is None else target
         if target.dtype.kind in "iu":
             return float((out.argmax(1) == target).mean())
         return -float(((out - target) ** 2).mean())
 
-    return fit(ctx, model.module, names, arrays, [labels], loss_fn, params,
+    return fit(ctx, module, names, arrays, [labels], loss_fn, params,
                train_mode=ctx.model_format == "torchscript", score=score if validation else None,
                after_step=project if masks or after_step else None)
 
