@@ -247,8 +247,8 @@ def techniques(http: httpx.Client, work: Path, rounds: int, seconds: float) -> s
 
 
 def _step(step: dict) -> str:
-    params = ", ".join(f"{k}={v}" for k, v in step["params"].items() if v not in (None, [], False) and k in (
-        "level", "per_channel", "op_types", "method", "int8", "float_after", "ratio", "bits", "constant_weights_only"))
+    params = ", ".join(f"{k}={v}" for k, v in step["params"].items() if v not in (None, []) and k in (
+        "level", "per_channel", "op_types", "method", "int8", "float_after", "ratio", "bits"))
     return f"`{step['pass']}`" + (f" ({params})" if params else "")
 
 

@@ -61,6 +61,23 @@ def test_tensorrt_int8_from_qdq_and_from_calibration(client, cnn_onnx_and_data):
 
 
 @needs_cuda
+@needs_tensorrt
+def test_2_4_sparse_model_builds_with_tensorrt_sparse_tactics(client, cnn_onnx_and_data):
+    _, pt2_bytes, (x_train, y_train, x_test, y_test) = cnn_onnx_and_data
+    sets = {"training": upload_data(client, input=x_train, labels=y_train),
+            "evaluation": upload_data(client, input=x_test, labels=y_test)}
+    job = run_job(client, {"model_id": upload_model(client, pt2_bytes), "datasets": sets,
+                           "target": {"device": "cuda", "batch_sizes": [1, 64]},
+                           "steps": [{"pass": "prune.semi_structured", "params": {"finetune": {"epochs": 3}}},
+                                     {"pass": "export.onnx"},
+                                     {"pass": "engine.tensorrt", "params": {"precision": "fp16",
+                                                                            "sparse_weights": True}}]})
+    assert job["steps"][0]["metrics"]["pattern_valid"] and job["artifacts"][0]["metadata"]["sparsity_pattern"] == "2:4"
+    assert job["metrics"]["result"]["conditions"]["runtime"] == "tensorrt"
+    assert job["metrics"]["result"]["accuracy"] >= job["metrics"]["original"]["accuracy"] - 0.02
+
+
+@needs_cuda
 def test_aotinductor_on_cuda(client, cnn_onnx_and_data):
     _, pt2_bytes, (_, _, x_test, y_test) = cnn_onnx_and_data
     job = run_job(client, {"model_id": upload_model(client, pt2_bytes), "target": {"device": "cuda"},

@@ -8,8 +8,8 @@ Conv/MatMul/Gemm are zeroed (no fine-tuning possible there). Zeros alone change 
 file size on CPUs; they compress (e.g. gzip) and enable sparse kernels.
 
 With a ``schedule`` and a ``training`` dataset (torch formats), the sparsity grows during training instead of
-being cut in one shot (``schedule.py``): on the digits CNN, 90% in one shot drops accuracy to ~0.7, while the
-schedule ends within a point of the original (docs/benchmarks.md).
+being cut in one shot (``schedule.py``): on the digits CNN, 90% in one shot drops accuracy from 0.994 to 0.942,
+while the schedule over 8 epochs ends at 0.992 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -83,23 +83,25 @@ def run(ctx: PassContext, params: MagnitudePruneParams) -> PassResult:
     model = TorchModel(ctx.model_path, ctx.model_format)
     tensors = model.weights()
     training = _gradually(ctx, model, params) if params.schedule else None
-
-    def apply(sparsity: float) -> dict[str, Any]:
-        masks = prune({k: t.detach().numpy() for k, t in tensors.items()}, params.model_copy(
-            update={"sparsity": sparsity}))
-        with torch.no_grad():
-            for name, mask in masks.items():
-                tensors[name].mul_(torch.from_numpy(mask).to(tensors[name].dtype))
-        return masks
-
-    masks = apply(params.sparsity)  # one shot; after a schedule, makes sure the target is reached
+    masks = _masks(tensors, params, params.sparsity)  # one shot; after a schedule, makes sure the target is reached
+    with torch.no_grad():
+        for name, mask in masks.items():
+            tensors[name].mul_(mask)
     out = model.save_to(ctx.work_dir)
-    metrics = report({k: t.detach().numpy() for k, t in tensors.items()}, masks)
+    metrics = report({k: t.detach().numpy() for k, t in tensors.items()}, {k: m.numpy() for k, m in masks.items()})
     if training:
         metrics["training"] = training
     ctx.log(f"pruned {metrics['pruned_weights']} of {metrics['weights']} weights ({metrics['sparsity']:.1%}, "
             f"{params.scope}" + (", gradually)" if training else ")"))
     return PassResult(out, ctx.model_format, metrics=metrics)
+
+
+def _masks(tensors: dict[str, Any], params: MagnitudePruneParams, sparsity: float) -> dict[str, Any]:
+    """Torch masks (True = keep) pruning ``tensors`` to ``sparsity``."""
+    import torch
+
+    masks = prune({k: t.detach().numpy() for k, t in tensors.items()}, params.model_copy(update={"sparsity": sparsity}))
+    return {k: torch.from_numpy(m) for k, m in masks.items()}
 
 
 def _gradually(ctx: PassContext, model: Any, params: MagnitudePruneParams) -> dict[str, Any]:
@@ -118,11 +120,6 @@ def _gradually(ctx: PassContext, model: Any, params: MagnitudePruneParams) -> di
     every = max(1, ramp // schedule.steps)
     state = {"optimizer_steps": 0, "pruning_steps": 0, "masks": {}, "sparsities": []}
 
-    def cut(sparsity: float) -> None:
-        state["masks"] = {k: torch.from_numpy(m) for k, m in prune(
-            {k: t.detach().numpy() for k, t in tensors.items()}, params.model_copy(update={"sparsity": sparsity})
-        ).items()}
-
     def keep() -> None:
         with torch.no_grad():
             for name, mask in state["masks"].items():
@@ -133,11 +130,11 @@ def _gradually(ctx: PassContext, model: Any, params: MagnitudePruneParams) -> di
         if state["optimizer_steps"] % every == 0 and state["pruning_steps"] < schedule.steps:
             state["pruning_steps"] += 1
             state["sparsities"].append(round(sparsity_at(state["pruning_steps"], params.sparsity, schedule), 4))
-            cut(state["sparsities"][-1])
+            state["masks"] = _masks(tensors, params, state["sparsities"][-1])
         keep()
 
     if schedule.initial:
-        cut(schedule.initial)
+        state["masks"] = _masks(tensors, params, schedule.initial)
         keep()
     metrics = train(ctx, model.module, tensors, schedule, after_step=step, validate=False)
     ctx.log(f"gradual pruning: {state['pruning_steps']} step(s) every {every} optimizer steps, sparsity "
