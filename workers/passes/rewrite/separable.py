@@ -38,8 +38,9 @@ def factorize(weight: Any, rank: int) -> tuple[Any, Any, float]:
     """(depthwise [C_in·rank, 1, k, k], pointwise [C_out, C_in·rank, 1, 1], relative error) for a conv weight."""
     import torch
 
+    weight = weight.detach()
     c_out, c_in, kh, kw = weight.shape
-    u, s, vh = torch.linalg.svd(weight.detach().double().permute(1, 0, 2, 3).reshape(c_in, c_out, kh * kw),
+    u, s, vh = torch.linalg.svd(weight.double().permute(1, 0, 2, 3).reshape(c_in, c_out, kh * kw),
                                 full_matrices=False)
     root = s[:, :rank].sqrt()  # [C_in, rank]
     depthwise = (root[:, :, None] * vh[:, :rank, :]).reshape(c_in * rank, 1, kh, kw)
