@@ -209,13 +209,13 @@ def techniques(http: httpx.Client, work: Path, rounds: int, seconds: float) -> s
     """The training-based techniques on the digits CNN uploaded as a .pt2 program, beside the earlier passes."""
     model, example = factories.digits_cnn(epochs=10)
     x_train, y_train, x_test, y_test = factories.digits()
-    model_id = upload(http, "/v1/models?name=cnn.pt2", factories.pt2_bytes(model, example))
+    (work / "original.pt2").write_bytes(factories.pt2_bytes(model, example))
+    model_id = upload(http, "/v1/models?name=cnn.pt2", (work / "original.pt2").read_bytes())
     sets = {role: upload(http, f"/v1/datasets?name={role}.npz", factories.npz_bytes(**arrays)) for role, arrays in (
         ("training", {"input": x_train, "labels": y_train}),
         ("validation", {"input": x_train[-200:], "labels": y_train[-200:]}),
         ("evaluation", {"input": x_test, "labels": y_test}))}
     sets["calibration"] = sets["training"]
-    (work / "original.pt2").write_bytes(factories.pt2_bytes(model, example))
     entries = [artifact_entry("the upload (.pt2, eager torch)", work / "original.pt2", "torch_export", ["input"])]
     details = {}
     for label, steps in TECHNIQUES:

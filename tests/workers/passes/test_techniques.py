@@ -85,11 +85,15 @@ def test_2_4_sparsity_on_onnx_matmuls_groups_the_input_rows(client):
     assert job["metrics"]["result"]["fidelity"]["cosine"] > 0.8
 
 
-def palettized_weights(blob: bytes) -> dict[str, np.ndarray]:
-    """The weights a palettized ONNX model expands (codebook[indices]), by weight name."""
-    tensors = {i.name: numpy_helper.to_array(i) for i in onnx.load_from_string(blob).graph.initializer}
-    return {name[:-len(".codebook")]: codebook[tensors[name[:-len(".codebook")] + ".indices"].astype(np.int64)]
-            for name, codebook in tensors.items() if name.endswith(".codebook")}
+def palettized_weights(blob: bytes, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The weights a palettized ONNX model rebuilds in its graph, by name, computed by ONNX Runtime."""
+    import onnxruntime as ort
+
+    model = onnx.load_from_string(blob)
+    names = [i.name[:-len(".codebook")] for i in model.graph.initializer if i.name.endswith(".codebook")]
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip(names, session.run(names, feeds), strict=True))
 
 
 def test_clustering_to_16_values_fine_tunes_and_stores_a_quarter_of_the_bytes(client, trained_cnn, cnn_pt2,
@@ -99,14 +103,16 @@ def test_clustering_to_16_values_fine_tunes_and_stores_a_quarter_of_the_bytes(cl
     metrics = job["steps"][0]["metrics"]
     assert sorted(metrics["distinct_values"]) == ["3.weight", "7.weight", "9.weight"]  # 0.weight: 144 < 256
     assert all(count <= 16 for count in metrics["distinct_values"].values()) and metrics["training"]["epochs_run"]
+    assert metrics["packed_4bit"] == 3 and metrics["ratio"] > 7  # two indices per byte
     blob = client.get(f"/v1/artifacts/{job['artifacts'][-1]['id']}/download").content
-    weights = palettized_weights(blob)
-    assert len(weights) == 3 and all(len(np.unique(w)) <= 16 for w in weights.values())
+    x, labels = factories.digits()[2:]
+    weights = palettized_weights(blob, {"input": x[:1]})
+    assert sorted(w.shape for w in weights.values()) == [(10, 128), (32, 16, 3, 3), (128, 512)]
+    assert all(len(np.unique(w)) <= 16 for w in weights.values())
     fp32 = factories.onnx_from_torch(*trained_cnn)
     assert len(blob) * 3 <= len(fp32), (len(blob), len(fp32))
     original, result = accuracy(job)
     assert result >= original - 0.02, (original, result)
-    x, labels = factories.digits()[2:]
     logits = factories.run_onnx(blob, {"input": x})[0]
     assert abs(float(np.mean(logits.argmax(1) == labels)) - result) < 1e-6  # the stored file is what was measured
 
@@ -117,6 +123,7 @@ def test_clustering_an_onnx_model_without_training(client):
                            "steps": [{"pass": "cluster.weights", "params": {"clusters": 32}}]})
     metrics = job["steps"][0]["metrics"]
     assert metrics["layers"] == 3 and metrics["max_distinct"] <= 32 and metrics["ratio"] > 3.5
+    assert metrics["packed_4bit"] == 0  # 32 clusters: one byte per index
     assert job["metrics"]["result"]["size_bytes"] * 3 <= len(data)
     assert job["metrics"]["result"]["fidelity"]["cosine"] > 0.99
 

@@ -10,12 +10,14 @@ after every optimizer step each cluster's weights are set to their mean — weig
 moving with the average update of its members — so every layer still has at most ``clusters`` values.
 
 **Storage (what the artifact is).** The result is an ONNX model whose clustered weights are *palettized*:
-an ``uint8`` index tensor of the weight's shape and a float codebook of ``clusters`` values, expanded by the
-graph itself (``Cast`` to int32, then ``Gather`` from the codebook) into the weight that feeds the layer. Any
+cluster indices and a float codebook of ``clusters`` values, expanded by the graph itself into the weight that
+feeds the layer (``Gather`` from the codebook). With at most 16 clusters two 4-bit indices share a byte
+(unpacked in the graph with integer ``Div``/``Mul``/``Sub``, opset ≥ 13), else one ``uint8`` per weight. Any
 ONNX runtime loads it with no custom loader; ONNX Runtime folds the expansion once at session creation, so
-the running model is the ordinary float model (same speed) and the file holds one byte per weight instead of
-four. A torch model is exported first (as ``export.onnx`` does) and the exported weights are palettized; a
-weight the exporter changed (e.g. a batch norm folded into a convolution) is clustered again, and counted.
+the running model is the ordinary float model (same speed) and the file holds half a byte (or one) per
+weight instead of four. A torch model is exported first (as ``export.onnx`` does) and the exported weights are
+palettized; a weight the exporter changed (e.g. a batch norm folded into a convolution) is clustered again, and
+counted.
 """
 
 from __future__ import annotations
@@ -77,8 +79,8 @@ def run(ctx: PassContext, params: ClusterParams) -> PassResult:
             f"{report['float_bytes']} → {report['palettized_bytes']} bytes ({report['ratio']:.2f}× smaller)"
             + (f"; {report['reclustered']} re-clustered after export" if report["reclustered"] else ""))
     return PassResult(out, "onnx", metrics=metrics,
-                      metadata={"storage": "palettized: uint8 indices + float codebook, expanded by Cast+Gather "
-                                           "in the graph", "clusters": params.clusters})
+                      metadata={"storage": "palettized: 4-bit (≤ 16 clusters) or uint8 indices + float codebook, "
+                                           "expanded in the graph", "clusters": params.clusters})
 
 
 def _cluster_torch(ctx: PassContext, params: ClusterParams) -> tuple[Any, dict[str, Any]]:
@@ -124,17 +126,19 @@ def _cluster_torch(ctx: PassContext, params: ClusterParams) -> tuple[Any, dict[s
 
 
 def palettize(source: Any, out: Any, params: ClusterParams) -> tuple[Any, dict[str, Any]]:
-    """Write ``source`` (ONNX) to ``out`` with every large Conv/MatMul/Gemm weight as uint8 indices + codebook."""
+    """Write ``source`` (ONNX) to ``out`` with every large Conv/MatMul/Gemm weight as indices + codebook."""
     import numpy as np
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import numpy_helper
 
     model = onnx.load(str(source))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     names = sorted({n.input[1] for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm")
                     and len(n.input) > 1 and n.input[1] in inits})
-    report = {"layers": 0, "reclustered": 0, "float_bytes": 0, "palettized_bytes": 0, "max_distinct": 0}
+    report = {"layers": 0, "reclustered": 0, "float_bytes": 0, "palettized_bytes": 0, "max_distinct": 0,
+              "packed_4bit": 0}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     for name in names:
         weight = numpy_helper.to_array(inits[name])
         if weight.ndim < 2 or weight.dtype != np.float32 or weight.size < params.min_params:
@@ -143,28 +147,65 @@ def palettize(source: Any, out: Any, params: ClusterParams) -> tuple[Any, dict[s
         if len(values) > params.clusters:
             values, labels = kmeans(weight, params.clusters, params.iterations)
             report["reclustered"] += 1
-        indices = numpy_helper.from_array(labels.reshape(weight.shape).astype(np.uint8), f"{name}.indices")
         codebook = numpy_helper.from_array(values.astype(np.float32), f"{name}.codebook")
         graph.initializer.remove(inits[name])
-        graph.initializer.extend([indices, codebook])
         for index, graph_input in enumerate(graph.input):  # old exporters list initializers as inputs too
             if graph_input.name == name:
                 del graph.input[index]
                 break
-        graph.node.insert(0, helper.make_node("Gather", [codebook.name, f"{name}.indices_int32"], [name],
-                                              name=f"{name}.expand", axis=0))
-        graph.node.insert(0, helper.make_node("Cast", [indices.name], [f"{name}.indices_int32"],
-                                              name=f"{name}.cast", to=TensorProto.INT32))
+        packed = len(values) <= 16 and opset >= 13
+        nodes, stored = _expand(name, labels.reshape(weight.shape), codebook, packed)
+        graph.initializer.extend(stored)
+        for node in reversed(nodes):
+            graph.node.insert(0, node)
         report["layers"] += 1
         report["max_distinct"] = max(report["max_distinct"], len(values))
         report["float_bytes"] += weight.nbytes
-        report["palettized_bytes"] += weight.size + values.size * 4
+        report["palettized_bytes"] += sum(numpy_helper.to_array(t).nbytes for t in stored)
+        report["packed_4bit"] += packed
     if not report["layers"]:
         raise ValueError(f"no Conv/MatMul/Gemm weight has at least min_params={params.min_params} values")
     report["ratio"] = round(report["float_bytes"] / report["palettized_bytes"], 3)
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
     return out, report
+
+
+def _expand(name: str, labels: Any, codebook: Any, packed: bool) -> tuple[list[Any], list[Any]]:
+    """Nodes that rebuild weight ``name`` from its cluster ``labels`` and ``codebook``, and the initializers
+    they read: uint8 indices, or (≤ 16 clusters, opset ≥ 13) two 4-bit indices per byte, high nibble first,
+    unpacked with integer Div/Mul/Sub."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(suffix: str, array: Any) -> Any:
+        return numpy_helper.from_array(np.asarray(array), f"{name}.{suffix}")
+
+    def node(op: str, inputs: list[str], output: str, **attributes: Any) -> Any:
+        return helper.make_node(op, inputs, [output], name=output, **attributes)
+
+    if not packed:
+        indices = const("indices", labels.astype(np.uint8))
+        return [node("Cast", [indices.name], f"{name}.int32", to=TensorProto.INT32),
+                node("Gather", [codebook.name, f"{name}.int32"], name, axis=0)], [indices, codebook]
+    flat = labels.ravel().astype(np.uint8)
+    flat = np.concatenate([flat, np.zeros(flat.size % 2, np.uint8)])
+    stored = [const("nibbles", (flat[0::2] << 4) | flat[1::2]), codebook, const("sixteen", np.int32(16)),
+              const("axis", np.array([1], np.int64)), const("all", np.array([-1], np.int64)),
+              const("start", np.array([0], np.int64)), const("size", np.array([labels.size], np.int64)),
+              const("shape", np.array(labels.shape, np.int64))]
+    n = f"{name}."
+    return [node("Cast", [n + "nibbles"], n + "bytes", to=TensorProto.INT32),
+            node("Div", [n + "bytes", n + "sixteen"], n + "high"),
+            node("Mul", [n + "high", n + "sixteen"], n + "high16"),
+            node("Sub", [n + "bytes", n + "high16"], n + "low"),
+            node("Unsqueeze", [n + "high", n + "axis"], n + "high2"),
+            node("Unsqueeze", [n + "low", n + "axis"], n + "low2"),
+            node("Concat", [n + "high2", n + "low2"], n + "pairs", axis=1),
+            node("Reshape", [n + "pairs", n + "all"], n + "padded"),
+            node("Slice", [n + "padded", n + "start", n + "size"], n + "labels"),
+            node("Reshape", [n + "labels", n + "shape"], n + "indices"),
+            node("Gather", [codebook.name, n + "indices"], name, axis=0)], stored
 
 
 def check(params: ClusterParams, source_format: str, datasets: set[str]) -> str | None:
@@ -179,7 +220,7 @@ SPEC = register(
     PassSpec(
         name="cluster.weights",
         description="Weight clustering: k-means weight sharing per layer (optionally fine-tuned keeping the "
-                    "clusters), stored as a palettized ONNX model (uint8 indices + codebook, ~4× smaller).",
+                    "clusters), stored as a palettized ONNX model (4- or 8-bit indices + codebook).",
         accepts=("torchscript", "torch_export", "onnx"),
         produces="onnx",
         params=ClusterParams,
