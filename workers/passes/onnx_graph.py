@@ -1,4 +1,4 @@
-"""Small ONNX graph rewrites shared by passes."""
+"""Small ONNX graph reads and rewrites shared by passes."""
 
 from __future__ import annotations
 
@@ -39,6 +39,22 @@ def gemm_to_matmul(model: Any) -> int:
     if rewritten:
         replace_nodes(graph, new_nodes)
     return rewritten
+
+
+def layer_weights(model: Any) -> dict[str, tuple[Any, Any]]:
+    """The float weights of rank ≥ 2 that Conv, MatMul and Gemm nodes take from an initializer as their second
+    input, sorted by name: ``{name: (the first node that takes it, its numpy array)}``."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    found: dict[str, tuple[Any, Any]] = {}
+    for node in model.graph.node:
+        name = node.input[1] if node.op_type in ("Conv", "MatMul", "Gemm") and len(node.input) > 1 else None
+        if name in inits and name not in found:
+            array = numpy_helper.to_array(inits[name])
+            if array.ndim >= 2 and array.dtype.kind == "f":
+                found[name] = (node, array)
+    return dict(sorted(found.items()))
 
 
 def replace_nodes(graph: Any, nodes: list[Any]) -> None:

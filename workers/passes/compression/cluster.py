@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import Field
 
 from workers.passes.base import PassContext, PassParams, PassResult, PassSpec, register
-from workers.passes.training.loop import TrainingParams
+from workers.passes.training.loop import TrainingParams, cannot_train
 
 
 class ClusterParams(PassParams):
@@ -131,17 +131,16 @@ def palettize(source: Any, out: Any, params: ClusterParams) -> tuple[Any, dict[s
     import onnx
     from onnx import numpy_helper
 
+    from workers.passes.onnx_graph import layer_weights
+
     model = onnx.load(str(source))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    names = sorted({n.input[1] for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm")
-                    and len(n.input) > 1 and n.input[1] in inits})
     report = {"layers": 0, "reclustered": 0, "float_bytes": 0, "palettized_bytes": 0, "max_distinct": 0,
               "packed_4bit": 0}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    for name in names:
-        weight = numpy_helper.to_array(inits[name])
-        if weight.ndim < 2 or weight.dtype != np.float32 or weight.size < params.min_params:
+    for name, (_, weight) in layer_weights(model).items():
+        if weight.dtype != np.float32 or weight.size < params.min_params:
             continue
         values, labels = np.unique(weight, return_inverse=True)
         if len(values) > params.clusters:
@@ -209,11 +208,7 @@ def _expand(name: str, labels: Any, codebook: Any, packed: bool) -> tuple[list[A
 
 
 def check(params: ClusterParams, source_format: str, datasets: set[str]) -> str | None:
-    if params.finetune and source_format == "onnx":
-        return "fine-tuning needs a torch model: upload it as TorchScript or a .pt2 program"
-    if params.finetune and "training" not in datasets:
-        return "fine-tuning needs a 'training' dataset"
-    return None
+    return cannot_train("fine-tuning", source_format, datasets) if params.finetune else None
 
 
 SPEC = register(

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from workers.passes.base import PassContext, PassParams, PassResult, PassSpec, register
 from workers.passes.pruning.schedule import Schedule, sparsity_at
+from workers.passes.training.loop import cannot_train
 
 
 class MagnitudePruneParams(PassParams):
@@ -146,12 +147,11 @@ def _run_onnx(ctx: PassContext, params: MagnitudePruneParams) -> PassResult:
     import onnx
     from onnx import numpy_helper
 
+    from workers.passes.onnx_graph import layer_weights
+
     model = onnx.load(str(ctx.model_path))
     inits = {i.name: i for i in model.graph.initializer}
-    names = {n.input[1] for n in model.graph.node
-             if n.op_type in ("Conv", "MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits}
-    weights = {k: numpy_helper.to_array(inits[k]) for k in sorted(names)}
-    weights = {k: w for k, w in weights.items() if w.ndim >= 2 and w.dtype.kind == "f"}
+    weights = {name: weight for name, (_, weight) in layer_weights(model).items()}
     masks = prune(weights, params)
     for name, mask in masks.items():
         inits[name].CopyFrom(numpy_helper.from_array((weights[name] * mask).astype(weights[name].dtype), name))
@@ -164,11 +164,7 @@ def _run_onnx(ctx: PassContext, params: MagnitudePruneParams) -> PassResult:
 
 
 def check(params: MagnitudePruneParams, source_format: str, datasets: set[str]) -> str | None:
-    if params.schedule and source_format == "onnx":
-        return "a schedule trains the model: upload it as TorchScript or a .pt2 program (ONNX cannot be trained)"
-    if params.schedule and "training" not in datasets:
-        return "a schedule needs a 'training' dataset"
-    return None
+    return cannot_train("a schedule", source_format, datasets) if params.schedule else None
 
 
 SPEC = register(

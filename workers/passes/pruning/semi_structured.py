@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import Field
 
 from workers.passes.base import PassContext, PassParams, PassResult, PassSpec, register
-from workers.passes.training.loop import TrainingParams
+from workers.passes.training.loop import TrainingParams, cannot_train
 
 
 class SemiStructuredParams(PassParams):
@@ -104,19 +104,16 @@ def _run_onnx(ctx: PassContext, params: SemiStructuredParams) -> PassResult:
     import onnx
     from onnx import helper, numpy_helper
 
+    from workers.passes.onnx_graph import layer_weights
+
     model = onnx.load(str(ctx.model_path))
     inits = {i.name: i for i in model.graph.initializer}
     weights: dict[str, tuple[Any, int]] = {}
-    for node in model.graph.node:
-        if node.op_type not in ("Conv", "MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
-            continue
-        weight = numpy_helper.to_array(inits[node.input[1]])
-        if weight.ndim < 2 or weight.dtype.kind != "f":
-            continue
+    for name, (node, weight) in layer_weights(model).items():
         trans_b = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "transB"), 0)
         # Conv [out, in, …] and Gemm with transB [out, in]: axis 1; MatMul and plain Gemm [in, out]: axis 0
         axis = 1 if node.op_type == "Conv" or trans_b else 0
-        weights[node.input[1]] = (weight, axis)
+        weights[name] = (weight, axis)
     chosen, skipped = _choose(weights, params)
     final = {}
     for name, (weight, axis) in chosen.items():
@@ -128,11 +125,7 @@ def _run_onnx(ctx: PassContext, params: SemiStructuredParams) -> PassResult:
 
 
 def check(params: SemiStructuredParams, source_format: str, datasets: set[str]) -> str | None:
-    if params.finetune and source_format == "onnx":
-        return "fine-tuning needs a torch model: upload it as TorchScript or a .pt2 program"
-    if params.finetune and "training" not in datasets:
-        return "fine-tuning needs a 'training' dataset"
-    return None
+    return cannot_train("fine-tuning", source_format, datasets) if params.finetune else None
 
 
 SPEC = register(

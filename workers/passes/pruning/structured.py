@@ -35,6 +35,7 @@ from pydantic import Field
 
 from workers.passes.base import PassContext, PassParams, PassResult, PassSpec, register
 from workers.passes.pruning.schedule import Schedule, sparsity_at
+from workers.passes.training.loop import cannot_train
 
 
 class StructuredPruneParams(PassParams):
@@ -449,9 +450,7 @@ def _gradually(ctx: PassContext, gm: Any, params: StructuredPruneParams, stages:
 
 
 def check(params: StructuredPruneParams, source_format: str, datasets: set[str]) -> str | None:
-    if params.schedule and "training" not in datasets:
-        return "a schedule needs a 'training' dataset"
-    return None
+    return cannot_train("a schedule", source_format, datasets) if params.schedule else None
 
 
 SPEC = register(

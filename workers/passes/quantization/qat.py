@@ -74,13 +74,14 @@ def _fake_quantizers() -> tuple[type, type]:
     return WeightFakeQuant, InputFakeQuant
 
 
-def insert(gm: Any, averaging: float) -> list[Any]:
-    """Fake quantizers around every conv2d/linear of ``gm`` (in place); the input quantizers."""
+def insert(gm: Any, averaging: float) -> tuple[list[Any], dict[str, Any]]:
+    """Fake quantizers around every conv2d/linear of ``gm`` (in place); the input quantizers, and the weights
+    they quantize by name."""
     import torch
 
     weight_fq, input_fq = _fake_quantizers()
     targets = {torch.ops.aten.conv2d.default, torch.ops.aten.linear.default}
-    inputs = []
+    inputs, weights = [], {}
     for index, node in enumerate(list(gm.graph.nodes)):
         if node.op != "call_function" or node.target not in targets or node.args[1].op != "get_attr":
             continue
@@ -88,6 +89,7 @@ def insert(gm: Any, averaging: float) -> list[Any]:
         observer = input_fq(averaging)
         gm.add_submodule(f"qat_input{index}", observer)
         inputs.append(observer)
+        weights[node.args[1].target] = gm.get_parameter(node.args[1].target)
         with gm.graph.inserting_before(node):
             weight = gm.graph.call_module(f"qat_weight{index}", (node.args[1],))
             x = gm.graph.call_module(f"qat_input{index}", (node.args[0],))
@@ -95,7 +97,7 @@ def insert(gm: Any, averaging: float) -> list[Any]:
     if not inputs:
         raise ValueError("the program has no conv2d or linear layer with a constant weight to quantize")
     gm.recompile()
-    return inputs
+    return inputs, weights
 
 
 def remove(gm: Any) -> None:
@@ -118,15 +120,12 @@ def run(ctx: PassContext, params: QatParams) -> PassResult:
     from workers.passes.training.loop import predict
 
     gm = load_program(ctx.model_path).module()
-    observers = insert(gm, params.averaging_constant)
+    observers, weights = insert(gm, params.averaging_constant)
     names = [s["name"] for s in ctx.inputs]
     arrays, _ = load_dataset(ctx.datasets["training"], params.calibration_samples)
     predict(gm, names, arrays)  # the observers see the calibration samples
     for observer in observers:
         observer.quantize = True
-    weights = {n.target: gm.get_parameter(n.target) for n in gm.graph.nodes
-               if n.op == "get_attr" and any(u.op == "call_module" and u.target.startswith("qat_weight")
-                                             for u in n.users)}
     training = train(ctx, gm, weights, params)
     remove(gm)
     trained = ctx.work_dir / "qat.pt2"

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import Field
 
 from workers.passes.base import PassContext, PassParams, PassResult, PassSpec, register
-from workers.passes.training.loop import TrainingParams
+from workers.passes.training.loop import TrainingParams, cannot_train
 
 
 class SeparableParams(PassParams):
@@ -127,9 +127,7 @@ def run(ctx: PassContext, params: SeparableParams) -> PassResult:
 
 
 def check(params: SeparableParams, source_format: str, datasets: set[str]) -> str | None:
-    if params.finetune and "training" not in datasets:
-        return "fine-tuning needs a 'training' dataset"
-    return None
+    return cannot_train("fine-tuning", source_format, datasets) if params.finetune else None
 
 
 SPEC = register(

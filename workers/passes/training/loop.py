@@ -27,6 +27,15 @@ class TrainingParams(PassParams):
     seed: int = Field(default=0, description="Seed for shuffling and initialisation, for repeatable runs.")
 
 
+def cannot_train(option: str, source_format: str, datasets: set[str]) -> str | None:
+    """Why a pass whose ``option`` (a schedule, fine-tuning) trains the model cannot do it here, else None."""
+    if source_format == "onnx":
+        return f"{option} needs a torch model: upload it as TorchScript or a .pt2 program (ONNX cannot be trained)"
+    if "training" not in datasets:
+        return f"{option} needs a 'training' dataset"
+    return None
+
+
 def first_output(result: Any) -> Any:
     return result if not isinstance(result, (tuple, list)) else result[0]
 
