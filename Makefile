@@ -4,11 +4,13 @@ PY := $(VENV)/bin/python
 # A CPU build of torch; on this project's machines pip finds 2.13.0 locally. Elsewhere, add
 # `--index-url https://download.pytorch.org/whl/cpu` to avoid a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
 .PHONY: run test test-gpu install install-test lint bench
 
 run: install
-	$(VENV)/bin/tensorpress up
+	$(VENV)/bin/tensorpress up --host $(HOST) --port $(PORT)
 
 test: install-test
 	$(PY) -m pytest

@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import signal
-import subprocess
+import socket
 import sys
 
 from tensorpress.cli import add_commands as add_client_commands
@@ -50,35 +49,27 @@ def _keys() -> list:
         return keys
 
 
-def _serve(host: str, port: int) -> None:
+def _server(host: str, port: int, *, embedded: bool = False):
     import uvicorn
 
     from app.core.logs import configure_logging
     from app.main import create_app
 
     configure_logging()
-    uvicorn.run(create_app(), host=host, port=port, log_config=None, log_level="info", timeout_graceful_shutdown=5)
+    return uvicorn.Server(uvicorn.Config(create_app(embedded=embedded), host=host, port=port, log_config=None,
+                                         log_level="info", timeout_graceful_shutdown=5))
 
 
-def _worker_argv(queues: str, concurrency: int, name: str | None = None) -> list[str]:
+def _worker_argv(queues: str, concurrency: int, hostname: str) -> list[str]:
     # prefork with a fresh child per job (worker_max_tasks_per_child=1): the parent never touches CUDA, each
     # job's child initialises it after the fork and its GPU memory is freed when the child exits.
     return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queues,
             "--pool", "prefork", "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip",
-            "--without-mingle", "--hostname", f"tensorpress-{name or queues.replace(',', '-')}@%h-{os.getpid()}"]
-
-
-def _die_with_parent() -> None:
-    """Linux: the embedded worker gets SIGTERM if `tensorpress up` dies, even by SIGKILL."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+            "--without-mingle", "--hostname", hostname]
 
 
 def cmd_up(args: argparse.Namespace) -> None:
+    from app import embedded
     from app.core.db import get_engine
     from app.core.migrate import upgrade
     from app.core.settings import get_settings
@@ -90,20 +81,16 @@ def cmd_up(args: argparse.Namespace) -> None:
     upgrade(settings.resolved_database_url)
     print(f"TensorPress: data in {settings.data_dir.resolve()}, API on http://{args.host}:{args.port}",
           flush=True)
-    worker = subprocess.Popen(_worker_argv("cpu", 1), preexec_fn=_die_with_parent)
-    try:
-        _serve(args.host, args.port)
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+    supervisor = embedded.Supervisor(lambda node: _worker_argv("cpu", 1, node),
+                                     f"tensorpress-cpu@{socket.gethostname()}-{os.getpid()}",
+                                     preexec=embedded.die_with_parent())
+    sys.exit(embedded.run(_server(args.host, args.port, embedded=True), supervisor, f"http://{args.host}:{args.port}",
+                          announce=lambda line: print(line, flush=True)))
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
     _check_auth(args.host)
-    _serve(args.host, args.port)
+    _server(args.host, args.port).run()
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -121,7 +108,8 @@ def cmd_worker(args: argparse.Namespace) -> None:
         queues, concurrency = args.queues or ("cpu,gpu" if visible else "cpu"), args.concurrency
     if "gpu" in queues.split(",") and not visible and not get_settings().fake_gpu_queue:
         sys.exit("refusing to serve the gpu queue: no GPU is visible here (nvidia-smi lists none)")
-    argv = _worker_argv(queues, concurrency, f"gpu{args.gpu}" if args.gpu is not None else None)
+    name = f"gpu{args.gpu}" if args.gpu is not None else queues.replace(",", "-")
+    argv = _worker_argv(queues, concurrency, f"tensorpress-{name}@%h-{os.getpid()}")
     os.execv(argv[0], argv)
 
 

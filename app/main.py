@@ -19,10 +19,13 @@ from app.webhooks.endpoints import router as webhooks_router
 from app.worker_registry.endpoints import router as workers_router
 
 
-def create_app() -> FastAPI:
+def create_app(*, embedded: bool = False) -> FastAPI:
+    """The API. ``embedded``: it runs inside ``tensorpress up`` beside its own worker, so it is not ready
+    while no worker is live."""
     app = FastAPI(title="TensorPress", version="0.1.0",
                   description="Compress and accelerate neural networks: upload a model, post a job, "
                               "download optimized artifacts with a report.")
+    app.state.needs_worker = embedded
     install_handlers(app)
     app.add_middleware(JsonBodyLimit)
     app.add_middleware(HttpMetrics)

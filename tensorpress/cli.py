@@ -61,9 +61,13 @@ def datasets_upload(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_or_file(client: Client, value: str) -> str:
+def _model_or_file(client: Client, value: str, inputs: list[dict[str, Any]] | None) -> str:
     path = Path(value)
-    return client.upload_model(path, progress=Progress(f"uploading {path}")).id if path.is_file() else value
+    if not path.is_file():
+        if inputs is not None:
+            raise ApiError(0, "Usage", f"--inputs describes a model file to upload; {value!r} is not a file")
+        return value
+    return client.upload_model(path, inputs=inputs, progress=Progress(f"uploading {path}")).id
 
 
 def _datasets(client: Client, pairs: list[str]) -> dict[str, str]:
@@ -81,7 +85,7 @@ def _datasets(client: Client, pairs: list[str]) -> dict[str, str]:
 def jobs_submit(client: Client, args: argparse.Namespace) -> int:
     recipe = ({"steps": args.steps} if args.steps is not None else {"goal": args.goal} if args.goal is not None
               else {"preset": args.preset})
-    job = client.submit_job(_model_or_file(client, args.model), datasets=_datasets(client, args.dataset) or None,
+    job = client.submit_job(_model_or_file(client, args.model, args.inputs), datasets=_datasets(client, args.dataset) or None,
                             target=args.target, evaluation=args.evaluation, **recipe)
     print(f"job {job.id} {job.state}", file=sys.stderr)
     if args.wait:
@@ -122,9 +126,33 @@ def _finish(args: argparse.Namespace, job: Job) -> int:
     return 0
 
 
+def describe(job: Job) -> list[str]:
+    """A job as ``jobs status`` prints it: one fact a line."""
+    raw = job.raw
+    lines = [f"job {job.id}", f"state: {job.state}"]
+    if raw.get("waiting_reason"):
+        lines.append(f"waiting: {raw['waiting_reason']}")
+    if raw.get("current_step") is not None and not job.finished:
+        step = next((s for s in raw["steps"] if s["index"] == raw["current_step"]), None)
+        if step is not None:
+            lines.append(f"step: {step['index'] + 1} of {len(raw['steps'])}, {step['pass']} ({step['status']})")
+    lines.append(f"progress: {100 * job.progress:.0f}%")
+    if job.finished:
+        original, result = (job.metrics.get(k) or {} for k in ("original", "result"))
+        if original.get("size_bytes") and result.get("size_bytes"):
+            lines.append(f"size: {result['size_bytes'] / original['size_bytes']:.3f}x the original "
+                         f"({original['size_bytes']:,} -> {result['size_bytes']:,} bytes)")
+        if job.state == "succeeded":
+            lines.append(f"regressed: {'yes' if job.regressed else 'no'}")
+            lines += [f"regression: {reason}" for reason in job.regressions]
+        if job.error:
+            lines.append(f"error: {job.error.get('detail')}")
+    return lines
+
+
 def jobs_status(client: Client, args: argparse.Namespace) -> int:
     job = client.job(args.job_id)
-    _out(args, job.raw, f"{job.id} {job.state} {100 * job.progress:.0f}%" + (" (regressed)" if job.regressed else ""))
+    _out(args, job.raw, "\n".join(describe(job)))
     return 0
 
 
@@ -179,6 +207,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = jobs.add_parser("submit", parents=[common], help="submit a job on a model file or id")
     p.add_argument("model", help="a local model file (uploaded first) or a model id")
+    p.add_argument("--inputs", type=_json_arg, help='TorchScript file: the inputs of forward() as JSON, e.g. '
+                   '[{"name": "x", "dtype": "float32", "shape": [1, 64]}]')
     recipe = p.add_mutually_exclusive_group(required=True)
     recipe.add_argument("--preset")
     recipe.add_argument("--steps", type=_json_arg, help="JSON list of steps, or a file holding it")

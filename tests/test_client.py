@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 
 from tests import factories
+from tests.integration.test_distributed import wait_for
 from tests.workers.test_runner import run
 
 pytestmark = pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
@@ -100,7 +100,12 @@ def test_the_command_line_for_pipelines(live_url, worker, tmp_path, capsys, cnn,
     code, out, _ = cli(capsys, "artifacts", "download", job["artifacts"][0]["id"], "-o", str(tmp_path / "q.onnx"))
     assert code == 0 and (tmp_path / "q.onnx").stat().st_size == job["artifacts"][0]["size_bytes"]
     code, out, _ = cli(capsys, "jobs", "status", job["id"])
-    assert code == 0 and out.startswith(f"{job['id']} succeeded 100%")
+    ratio = job["metrics"]["result"]["size_bytes"] / job["metrics"]["original"]["size_bytes"]
+    assert code == 0 and out.splitlines() == [
+        f"job {job['id']}", "state: succeeded", "progress: 100%",
+        f"size: {ratio:.3f}x the original ({job['metrics']['original']['size_bytes']:,} -> "
+        f"{job['metrics']['result']['size_bytes']:,} bytes)", "regressed: no"]
+    assert 0.2 < ratio < 0.5
     assert "step 0 quantize.static succeeded" in cli(capsys, "jobs", "logs", job["id"])[1]
     assert job["id"] in cli(capsys, "jobs", "list", "--state", "succeeded")[1]
 
@@ -109,6 +114,8 @@ def test_the_command_line_for_pipelines(live_url, worker, tmp_path, capsys, cnn,
                "--evaluation", '{"metric": "max_abs_error", "max_accuracy_drop": 0}', "--wait"]
     code, out, err = cli(capsys, *regress)
     assert code == 3 and "(regressed)" in out and "regression: max_abs_error rose" in err
+    status = cli(capsys, "jobs", "status", out.split()[0])[1].splitlines()
+    assert "regressed: yes" in status and any(line.startswith("regression: max_abs_error rose") for line in status)
     assert cli(capsys, *regress, "--allow-regression")[0] == 0
     # HTTP and usage errors: exit 2
     code, _, err = cli(capsys, "jobs", "status", "missing")
@@ -116,6 +123,24 @@ def test_the_command_line_for_pipelines(live_url, worker, tmp_path, capsys, cnn,
     assert cli(capsys, "jobs", "submit", job["model_id"])[0] == 2  # no recipe
     code, _, err = cli(capsys, "jobs", "submit", "missing", "--preset", "cpu-int8")
     assert code == 2 and "model_id: model missing not found" in err
+    code, _, err = cli(capsys, "jobs", "submit", job["model_id"], "--preset", "cpu-int8", "--inputs", "[]")
+    assert code == 2 and "--inputs describes a model file" in err
+
+
+def test_jobs_submit_uploads_torchscript_with_its_inputs(live_url, worker, tmp_path, capsys, torchscript,
+                                                         monkeypatch):
+    monkeypatch.setenv("TENSORPRESS_URL", live_url)
+    (tmp_path / "cnn.pt").write_bytes(torchscript)
+    steps = ["--steps", '[{"pass": "export.onnx"}]']
+    code, _, err = cli(capsys, "jobs", "submit", str(tmp_path / "cnn.pt"), *steps)
+    assert code == 2 and "inputs" in err  # TorchScript keeps no shapes: the server asks for them
+    inputs = '[{"name": "input", "dtype": "float32", "shape": ["batch", 1, 8, 8]}]'
+    code, out, _ = cli(capsys, "jobs", "submit", str(tmp_path / "cnn.pt"), "--inputs", inputs, *steps, "--wait",
+                       "--json")
+    job = json.loads(out)
+    assert code == 0 and job["state"] == "succeeded" and job["artifacts"][0]["format"] == "onnx"
+    status = cli(capsys, "jobs", "status", job["id"])[1].splitlines()
+    assert status[1] == "state: succeeded" and status[-1] == "regressed: no"
 
 
 def test_a_cancelled_job_exits_1(live_url, tmp_path, capsys, mlp_bytes, monkeypatch):
@@ -128,12 +153,8 @@ def test_a_cancelled_job_exits_1(live_url, tmp_path, capsys, mlp_bytes, monkeypa
         ).json()["id"]
 
         def cancel_when_queued() -> None:
-            for _ in range(200):
-                queued = client.jobs("queued")
-                if queued:
-                    client.cancel(queued[0].id)
-                    return
-                time.sleep(0.05)
+            queued = wait_for(lambda: client.jobs("queued"), 300, "the job to be queued", interval=0.05)
+            client.cancel(queued[0].id)
 
         canceller = threading.Thread(target=cancel_when_queued)
         canceller.start()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests import factories
-from tests.test_cli_up import clean_env, free_port, tensorpress, wait_ready
+from tests.test_cli_up import clean_env, running_up
 
 pytestmark = pytest.mark.e2e
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "compress.sh"
@@ -23,26 +23,16 @@ def test_the_pipeline_example_uploads_compresses_gates_and_downloads(tmp_path, c
     x_train, _, x_test, y_test = factories.digits()
     (tmp_path / "calibration.npz").write_bytes(factories.npz_bytes(input=x_train[:256]))
     (tmp_path / "evaluation.npz").write_bytes(factories.npz_bytes(input=x_test, labels=y_test))
-    port = free_port()
     env = {**clean_env(), "TENSORPRESS_BENCH_ITERATIONS": "20", "TENSORPRESS_BENCH_MIN_TIME_S": "0.2"}
-    log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
-    server = subprocess.Popen([tensorpress(), "up", "--port", str(port)], cwd=tmp_path, env=env, stdout=log,
-                              stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, server, "tensorpress up")
+    with running_up(tmp_path, env) as up:
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
         done = subprocess.run(["bash", str(SCRIPT), str(model), str(tmp_path / "calibration.npz"),
                                str(tmp_path / "evaluation.npz"), str(tmp_path / "out"), "0.02"],
-                              env={**clean_env(), "TENSORPRESS_URL": url, "PATH": path,
+                              env={**clean_env(), "TENSORPRESS_URL": up.url, "PATH": path,
                                    "TARGET": '{"objective": "size"}'},  # latency of a 20 µs model is noise
-                              capture_output=True,
-                              text=True, timeout=300, check=False)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
-    assert done.returncode == 0, done.stdout + done.stderr + (tmp_path / "up.log").read_text()[-3000:]
+                              capture_output=True, text=True, timeout=600, check=False)
+        log = up.text()
+    assert done.returncode == 0, done.stdout + done.stderr + log[-3000:]
     assert "accuracy:" in done.stdout and "size x0." in done.stdout
     import onnxruntime as ort
 

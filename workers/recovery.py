@@ -129,18 +129,21 @@ def _lost(now) -> list[tuple[str, str]]:
 
 
 def start_loop() -> threading.Event:
-    """Run :func:`recover_once` every half lease in a daemon thread; set the returned event to stop."""
+    """Run :func:`recover_once` now (a worker that replaces a dead one takes its jobs at once) and every half
+    lease, in a daemon thread; set the returned event to stop."""
     stop = threading.Event()
     interval = max(get_settings().lease_s / 2, 1)
 
     def loop() -> None:
-        while not stop.wait(interval):
+        while True:
             try:
                 counts = recover_once()
                 if any(counts.values()):
                     log.warning("recovery: %s", counts)
             except Exception:
                 log.exception("recovery pass failed")
+            if stop.wait(interval):
+                return
 
     threading.Thread(target=loop, name="tensorpress-recovery", daemon=True).start()
     return stop

@@ -2,7 +2,8 @@
 
 The broker carries nothing but "job X is ready": the database is the source of truth, so a lost message is
 re-sent from the database. With ``filesystem://`` (the embedded default) messages are files in the data dir,
-which works across processes on one machine with no server.
+which works across processes on one machine with no server; :mod:`app.core.broker` writes and claims them
+atomically.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from app.core.broker import TRANSPORT as FILE_TRANSPORT
 from app.core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         folder = settings.broker_dir
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
+        config["broker_transport"] = FILE_TRANSPORT
         config["broker_transport_options"] = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -97,6 +97,12 @@ def request_handbacks(session: Session, worker: str) -> int:
     """Ask the jobs that ``worker``'s processes run to hand themselves back (it is shutting down)."""
     return session.execute(update(Job).where(Job.state == "running", Job.lease_owner.like(f"{worker}:%"))
                            .values(handback_requested=True)).rowcount
+
+
+def expire_leases(session: Session, worker: str) -> int:
+    """End the leases of the jobs ``worker``'s processes held (they were killed): recovery takes them at once."""
+    return session.execute(update(Job).where(Job.state == "running", Job.lease_owner.like(f"{worker}:%"))
+                           .values(lease_expires_at=utcnow() - timedelta(seconds=1))).rowcount
 
 
 def cached_result(session: Session, tenant: str, cache_key: str, job_id: str) -> Job | None:

@@ -26,3 +26,7 @@ def beat(session: Session, worker_id: str, **values: Any) -> None:
 
 def remove(session: Session, worker_id: str) -> None:
     session.execute(delete(Worker).where(Worker.id == worker_id))
+
+
+def get(session: Session, worker_id: str) -> Worker | None:
+    return session.get(Worker, worker_id)

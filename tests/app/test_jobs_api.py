@@ -93,8 +93,26 @@ def test_passes_are_listed_with_their_schema(client):
 def test_health_and_readiness(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok", "store": "ok"}
+    assert ready.status_code == 200 and ready.json()["checks"] == {
+        "database": "ok", "broker": "ok", "store": "ok", "workers": {"cpu": 0, "gpu": 0}}  # jobs wait, with a reason
     assert client.get("/openapi.json").json()["info"]["title"] == "TensorPress"
+
+
+def test_under_up_the_api_is_not_ready_until_a_worker_is_live(env):
+    from fastapi.testclient import TestClient
+
+    from app.core.db import session_scope
+    from app.main import create_app
+    from app.worker_registry import repository
+
+    with TestClient(create_app(embedded=True)) as embedded:
+        waiting = embedded.get("/readyz")
+        assert waiting.status_code == 503 and waiting.headers["content-type"] == "application/problem+json"
+        assert waiting.json()["checks"]["workers"] == {"cpu": 0, "gpu": 0} and "no worker" in waiting.json()["detail"]
+        with session_scope() as session:
+            repository.beat(session, "w1@host", queues=["cpu"], device={}, passes=[], versions={})
+        ready = embedded.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"]["workers"] == {"cpu": 1, "gpu": 0}
 
 
 def test_target_inputs_are_checked_against_the_model(client, uploaded_model):

@@ -36,7 +36,7 @@ def worker_process(env, redis_broker, tmp_path):
     yield proc
     proc.terminate()
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=120)
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
@@ -55,7 +55,7 @@ def test_quantize_dynamic_on_postgresql_redis_and_a_worker_process(client, worke
         body = client.get(url).json()
         return body if body["state"] in ("succeeded", "failed", "cancelled") else None
 
-    body = wait_for(finished, 90, "the job to finish", )
+    body = wait_for(finished, 300, "the job to finish")
     assert body["state"] == "succeeded", client.get(f"{url}/logs").text + (tmp_path / "worker.log").read_text()
     assert worker_process.poll() is None
     artifact = body["artifacts"][0]

@@ -22,7 +22,7 @@ def start_worker(queues: str, tmp_path, **env) -> subprocess.Popen:
 def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=120)
     except subprocess.TimeoutExpired:
         proc.kill()
 
@@ -36,13 +36,13 @@ def test_a_cuda_job_waits_for_a_gpu_worker(client, uploaded_model, tmp_path, mon
     cpu = start_worker("cpu", tmp_path)
     gpu = None
     try:
-        wait_for(lambda: client.get("/v1/workers").json()["items"], 60, "the cpu worker's heartbeat")
+        wait_for(lambda: client.get("/v1/workers").json()["items"], 300, "the cpu worker's heartbeat")
         cuda = client.post("/v1/jobs", json={"model_id": uploaded_model["id"], "target": {"device": "cuda"},
                                              "steps": [{"pass": "quantize.dynamic"}]}).json()
         assert cuda["waiting_reason"].startswith("waiting for a gpu worker")
         cpu_job = client.post("/v1/jobs", json={"model_id": uploaded_model["id"],
                                                 "steps": [{"pass": "quantize.dynamic"}]}).json()
-        wait_for(lambda: client.get(f"/v1/jobs/{cpu_job['id']}").json()["state"] == "succeeded", 90,
+        wait_for(lambda: client.get(f"/v1/jobs/{cpu_job['id']}").json()["state"] == "succeeded", 300,
                  "the cpu job")
         waiting = client.get(f"/v1/jobs/{cuda['id']}").json()
         assert waiting["state"] == "queued" and waiting["waiting_reason"].startswith("waiting for a gpu worker")

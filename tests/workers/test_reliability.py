@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests import factories
+from tests.integration.test_distributed import wait_for
 from tests.workers.jobs import upload_data
 from tests.workers.passes.test_pytorch_passes import upload_torchscript
 from tests.workers.test_runner import run
@@ -41,7 +42,7 @@ def test_a_job_past_its_time_limit_fails_with_the_reason(client, training_job):
     started = time.monotonic()
     run(job_id)
     job = client.get(f"/v1/jobs/{job_id}").json()
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 120  # far less than the 1000 epochs it asked for
     assert job["state"] == "failed" and job["time_limit_s"] == 2
     assert job["error"]["detail"] == "the job ran past its time limit of 2 s" and job["error"]["step"] == 1
     assert [s["status"] for s in job["steps"]] == ["succeeded", "failed"]
@@ -51,12 +52,10 @@ def test_cancelling_mid_training_stops_within_an_epoch_and_keeps_finished_steps(
     job_id = training_job()
     worker = threading.Thread(target=run, args=(job_id,))
     worker.start()
-    deadline = time.monotonic() + 60
-    while "epoch 2/1000" not in client.get(f"/v1/jobs/{job_id}/logs").text and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: "epoch 2/1000" in client.get(f"/v1/jobs/{job_id}/logs").text, 300, "training", interval=0.05)
     assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
     epochs_at_cancel = client.get(f"/v1/jobs/{job_id}/logs").text.count("epoch ")
-    worker.join(timeout=60)
+    worker.join(timeout=300)
     job = client.get(f"/v1/jobs/{job_id}").json()
     logs = client.get(f"/v1/jobs/{job_id}/logs").text
     assert job["state"] == "cancelled" and [s["status"] for s in job["steps"]] == ["succeeded", "cancelled"]
@@ -72,9 +71,7 @@ def test_an_interrupted_upload_leaves_no_file_and_no_row(live_url, env):
     with socket.create_connection((parts.hostname, parts.port)) as conn:
         conn.sendall(b"POST /v1/models?name=half.onnx HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream"
                      b"\r\nContent-Length: 10000000\r\n\r\n" + b"\x08" * 1_000_000)
-        time.sleep(0.3)  # the server is receiving into its staging file
-    staging = env / "artifacts" / ".staging"
-    deadline = time.monotonic() + 10
-    while any(staging.iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        staging = env / "artifacts" / ".staging"
+        wait_for(lambda: staging.is_dir() and any(staging.iterdir()), 120, "the staging file", interval=0.02)
+    wait_for(lambda: not any(staging.iterdir()), 120, "the staging file to go", interval=0.05)
     assert list(staging.iterdir()) == [] and model_rows() == 0
