@@ -72,6 +72,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     from app import embedded
     from app.core.db import get_engine
     from app.core.migrate import upgrade
+    from app.core.processes import die_with_parent
     from app.core.settings import get_settings
 
     _check_auth(args.host)
@@ -83,7 +84,7 @@ def cmd_up(args: argparse.Namespace) -> None:
           flush=True)
     supervisor = embedded.Supervisor(lambda node: _worker_argv("cpu", 1, node),
                                      f"tensorpress-cpu@{socket.gethostname()}-{os.getpid()}",
-                                     preexec=embedded.die_with_parent())
+                                     preexec=die_with_parent())
     sys.exit(embedded.run(_server(args.host, args.port, embedded=True), supervisor, f"http://{args.host}:{args.port}",
                           announce=lambda line: print(line, flush=True)))
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.core.db import session_scope
+from app.core.processes import group_alive
 from app.jobs import repository as jobs
 from app.worker_registry import repository as worker_registry
 
@@ -106,7 +107,7 @@ class Supervisor:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _group_alive(self.proc.pid):
+        while time.monotonic() < deadline and group_alive(self.proc.pid):
             time.sleep(0.05)
         try:
             with session_scope() as session:
@@ -116,38 +117,6 @@ class Supervisor:
                 log.warning("%d job(s) of worker %s go back to the queue", held, self.node)
         except Exception:  # the database is away: the leases expire by themselves
             log.exception("could not release the jobs of worker %s", self.node)
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` still runs (on Linux, zombies waiting for init do not count)."""
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    if not os.path.isdir("/proc"):
-        return True
-    for entry in os.scandir("/proc"):
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                state, _ppid, group = f.read().rsplit(")", 1)[1].split()[:3]
-        except (OSError, ValueError):
-            continue
-        if int(group) == pgid and state != "Z":
-            return True
-    return False
-
-
-def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has Linux send ``signum`` to the child when the thread that started it dies (even
-    by SIGKILL); None elsewhere. libc is loaded here, in the parent: the child runs no import between fork and
-    exec, where another thread could hold the import lock."""
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return lambda: prctl(1, signum)  # PR_SET_PDEATHSIG
 
 
 def run(server, supervisor: Supervisor, url: str, announce: Callable[[str], None] = print) -> int:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from app.embedded import Supervisor, _group_alive
+from app.core.processes import group_alive
+from app.embedded import Supervisor
 from tests.integration.test_distributed import wait_for
 
 
@@ -68,7 +69,7 @@ def test_a_killed_worker_is_reaped_with_its_job_processes_and_its_jobs_released(
         assert session.get(Job, "j1").lease_expires_at < utcnow()  # recovery takes it at once
     second = supervisor.proc.pid
     supervisor.stop()
-    assert not _group_alive(second)
+    assert not group_alive(second)
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
@@ -82,4 +83,4 @@ def test_stop_kills_a_worker_that_ignores_sigterm_after_the_grace(env, tmp_path)
     started = time.monotonic()
     supervisor.stop()
     assert supervisor.proc.returncode == -signal.SIGKILL
-    assert not _group_alive(supervisor.proc.pid) and time.monotonic() - started < 30
+    assert not group_alive(supervisor.proc.pid) and time.monotonic() - started < 30

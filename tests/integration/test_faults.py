@@ -100,12 +100,12 @@ def one_set_of_artifacts(client, job: dict, env: Path) -> None:
 
 def test_a_worker_killed_mid_job_is_replaced_and_the_job_finishes_once(client, workers, training_job, env):
     first = workers.start()
-    job_id = training_job(epochs=400)
+    job_id = training_job(epochs=100)  # tens of seconds on an idle machine; its second attempt runs them all
     wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["current_step"] == 1, 300, "step 1 to start")
     wait_for(lambda: "epoch 1/" in client.get(f"/v1/jobs/{job_id}/logs").text, 300, "training to start")
     workers.kill(first)  # no goodbye: its lease just stops being renewed
     workers.start()
-    job = finished(client, job_id, 600, workers)
+    job = finished(client, job_id, 1800, workers)
     assert job["state"] == "succeeded" and job["attempt"] == 2, client.get(f"/v1/jobs/{job_id}/logs").text
     assert "expired during attempt 1" in client.get(f"/v1/jobs/{job_id}/logs").text
     one_set_of_artifacts(client, job, env)
@@ -138,10 +138,10 @@ def test_jobs_queued_when_redis_restarts_all_complete(client, workers, uploaded_
 
 def test_a_postgresql_restart_mid_job_does_not_fail_it(client, workers, training_job, env):
     workers.start()
-    job_id = training_job(epochs=150)
+    job_id = training_job(epochs=60)
     wait_for(lambda: "epoch 2/" in client.get(f"/v1/jobs/{job_id}/logs").text, 300, "training to start")
     restart_postgresql()
-    job = finished(client, job_id, 600, workers)
+    job = finished(client, job_id, 1800, workers)
     assert job["state"] == "succeeded" and job["attempt"] == 1, client.get(f"/v1/jobs/{job_id}/logs").text
     one_set_of_artifacts(client, job, env)
 
@@ -158,7 +158,7 @@ def test_sigterm_hands_the_running_job_back_and_another_worker_runs_it(client, w
     assert job["state"] == "queued" and job["attempt"] == 0 and job["artifacts"] == []
     assert "handed back by" in client.get(f"/v1/jobs/{job_id}/logs").text
     workers.start()
-    job = finished(client, job_id, 600, workers)
+    job = finished(client, job_id, 1800, workers)
     assert job["state"] == "succeeded" and job["attempt"] == 1
     one_set_of_artifacts(client, job, env)
 

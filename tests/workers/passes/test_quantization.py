@@ -64,7 +64,9 @@ def test_cpu_int8_fuses_a_transformer_before_quantizing_it(client, transformer_o
     ids = np.random.default_rng(1).integers(0, 100, (32, 16))
     job = run_job(client, {"model_id": upload_model(client, transformer_onnx), "preset": "cpu-int8",
                            "datasets": {"evaluation": upload_data(client, input_ids=ids)},
-                           "target": {"inputs": {"input_ids": {"shape": [1, 16], "low": 0, "high": 100}}}})
+                           # size: a 0.1 ms latency verdict is noise on a busy machine (step 21 makes it honest)
+                           "target": {"objective": "size",
+                                      "inputs": {"input_ids": {"shape": [1, 16], "low": 0, "high": 100}}}})
     fusions, quantize = job["steps"]
     assert fusions["metrics"]["nodes_after"] < fusions["metrics"]["nodes_before"]
     assert quantize["metrics"]["quantized_nodes"]["MatMulInteger"] == 2 * 4  # every Linear of both blocks

@@ -1,0 +1,110 @@
+"""The confined side of a job: ``python -I -m workers.confined WORK_DIR READ_JSON CANCEL_FLAG``.
+
+Everything that loads or runs a user's model — every pass and every measurement — happens in this process,
+which :func:`app.core.confinement.confine` has shut in before it reads anything: it reads only the Python
+environment and the job's inputs (``READ_JSON``: the stored model and datasets, and the job's ``inputs/``),
+writes only beneath ``WORK_DIR``, opens no socket, and reaches no other process. It holds no database
+connection, no credentials and no settings. The trusted parent (:mod:`workers.executor`) does all of that.
+
+Protocol: one JSON request a line on stdin — ``{"op": "measure", …}`` or ``{"op": "pass", …}`` — answered by
+JSON lines on stdout: any number of ``{"event": "progress", "fraction"}`` and ``{"event": "log", "message"}``,
+then one ``{"event": "result", …}`` or ``{"event": "error", "kind", "message", "trace"}``. Arrays travel as
+``.npz`` files. Cancellation: the parent creates ``CANCEL_FLAG``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    """Run inside ``path``: ONNX Runtime's quantizers save external-data files (``<uuid>.data``) to the current
+    directory, which would otherwise be outside what this process may write."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def _send(event: str, **fields: Any) -> None:
+    sys.__stdout__.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.__stdout__.flush()
+
+
+def _measure(request: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+
+    from workers import evaluation
+
+    with np.load(request["feeds"], allow_pickle=False) as data:
+        arrays = dict(data)
+    labels = arrays.pop("__labels__", None)
+    metrics, outputs = evaluation.measure(
+        Path(request["path"]), request["fmt"], request["specs"], request["target"], threads=request["threads"],
+        timing=evaluation.Timing(**request["timing"]), eval_feeds=arrays, labels=labels,
+        dim_defaults=request["dim_defaults"])
+    np.savez(request["outputs"], *outputs)
+    return {"metrics": metrics}
+
+
+def _pass(request: dict[str, Any], cancel: Path) -> dict[str, Any]:
+    from workers.passes import REGISTRY, PassContext
+
+    spec = REGISTRY[request["name"]]
+    params = spec.params.model_validate(request["params"])
+    ctx = request["ctx"]
+    step_dir = Path(ctx["work_dir"])
+    step_dir.mkdir(parents=True)
+    context = PassContext(
+        model_path=Path(ctx["model_path"]), model_format=ctx["model_format"], work_dir=step_dir,
+        inputs=ctx["inputs"], outputs=ctx["outputs"], dim_defaults=ctx["dim_defaults"],
+        datasets={role: Path(p) for role, p in ctx["datasets"].items()},
+        models={k: (Path(p), fmt) for k, (p, fmt) in ctx["models"].items()}, device=ctx["device"],
+        target=ctx["target"], progress=lambda fraction: _send("progress", fraction=float(fraction)),
+        is_cancelled=cancel.exists, log=lambda message: _send("log", message=str(message)))
+    with working_directory(step_dir):  # libraries that write scratch files to the cwd write them here
+        result = spec.run(context, params)
+    return {"model_path": str(result.model_path), "format": result.format, "metrics": result.metrics,
+            "metadata": result.metadata}
+
+
+def serve(cancel: Path) -> None:
+    from workers.passes import Cancelled
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            value = _measure(request) if request["op"] == "measure" else _pass(request, cancel)
+        except Cancelled as exc:
+            _send("error", kind="cancelled", message=str(exc), trace="")
+        except BaseException as exc:  # noqa: BLE001 — every failure is reported to the parent, never lost
+            _send("error", kind=type(exc).__name__, message=str(exc) or type(exc).__name__,
+                  trace=traceback.format_exc())
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            _send("result", **value)
+
+
+def main() -> None:
+    from app.core.confinement import confine, runtime_paths
+
+    work_dir = Path(sys.argv[1])
+    read, write = runtime_paths()
+    confine(read + [Path(p) for p in json.loads(sys.argv[2])], write + [work_dir])
+    sys.stdout = sys.stderr  # libraries that print must not corrupt the protocol
+    serve(Path(sys.argv[3]))
+
+
+if __name__ == "__main__":
+    main()
