@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import os
 import socket
 import sys
@@ -52,10 +53,15 @@ def _keys() -> list:
 def _server(host: str, port: int, *, embedded: bool = False):
     import uvicorn
 
+    from app.core.confinement import probe
     from app.core.logs import configure_logging
     from app.main import create_app
 
     configure_logging()
+    confinement = probe().describe()
+    logging.getLogger("tensorpress").log(logging.INFO if confinement["active"] else logging.WARNING,
+                                         "upload inspections confined by %s%s", confinement["mechanism"],
+                                         f" — {confinement['detail']}" if confinement["detail"] else "")
     return uvicorn.Server(uvicorn.Config(create_app(embedded=embedded), host=host, port=port, log_config=None,
                                          log_level="info", timeout_graceful_shutdown=5))
 

@@ -54,6 +54,17 @@ def reset_caches() -> None:
     storage._stores.clear()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _confined_children_from_a_zygote():
+    """This process runs hundreds of jobs: their confined children fork from a preloaded zygote instead of each
+    importing torch afresh (worker processes, started by the integration and end-to-end tests, spawn them)."""
+    from workers.executor import Executor
+
+    Executor.zygote = True
+    yield
+    Executor.zygote = False
+
+
 @pytest.fixture(scope="session")
 def pg_database_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped at the end."""

@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
+from app.core.processes import group_alive
 from tests.factories import onnx_endless_loop, onnx_mlp, run_onnx
 from tests.integration.test_distributed import wait_for
 
@@ -98,18 +99,6 @@ def children_of(pid: int) -> list[int]:
         if int(fields.get("PPid", "0").strip()) == pid:
             found.append(int(status.parent.name))
     return found
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any process of the group still runs (zombies not counted)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, ValueError):
-            continue
-        if int(group) == pgid and state != "Z":
-            return True
-    return False
 
 
 def stop(up: Up) -> float:

@@ -69,7 +69,8 @@ def _fresh_connections(**_) -> None:
 
 
 def confine_job_process() -> None:
-    """Each job runs in its own forked child (one task per child): limit what a hostile model can take from
+    """Each job runs in its own forked child (one task per child), which never loads a user model itself: its
+    confined child does (``workers.executor``), and inherits these limits — what a hostile model can take from
     the machine. CPU time: the job time limit times the cores. Address space: ``TENSORPRESS_JOB_MEMORY_BYTES``
     (default 80% of RAM) — not on GPU machines, where CUDA reserves far more address space than it uses. No
     core dumps. The settings are read (and cached) before the environment, which holds credentials, is

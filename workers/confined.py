@@ -19,9 +19,11 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+Send = Callable[..., None]
 
 
 @contextlib.contextmanager
@@ -57,7 +59,7 @@ def _measure(request: dict[str, Any]) -> dict[str, Any]:
     return {"metrics": metrics}
 
 
-def _pass(request: dict[str, Any], cancel: Path) -> dict[str, Any]:
+def _pass(request: dict[str, Any], is_cancelled: Callable[[], bool], send: Send) -> dict[str, Any]:
     from workers.passes import REGISTRY, PassContext
 
     spec = REGISTRY[request["name"]]
@@ -70,40 +72,43 @@ def _pass(request: dict[str, Any], cancel: Path) -> dict[str, Any]:
         inputs=ctx["inputs"], outputs=ctx["outputs"], dim_defaults=ctx["dim_defaults"],
         datasets={role: Path(p) for role, p in ctx["datasets"].items()},
         models={k: (Path(p), fmt) for k, (p, fmt) in ctx["models"].items()}, device=ctx["device"],
-        target=ctx["target"], progress=lambda fraction: _send("progress", fraction=float(fraction)),
-        is_cancelled=cancel.exists, log=lambda message: _send("log", message=str(message)))
+        target=ctx["target"], progress=lambda fraction: send("progress", fraction=float(fraction)),
+        is_cancelled=is_cancelled, log=lambda message: send("log", message=str(message)))
     with working_directory(step_dir):  # libraries that write scratch files to the cwd write them here
         result = spec.run(context, params)
     return {"model_path": str(result.model_path), "format": result.format, "metrics": result.metrics,
             "metadata": result.metadata}
 
 
-def serve(cancel: Path) -> None:
+def handle(request: dict[str, Any], is_cancelled: Callable[[], bool], send: Send) -> None:
+    """Answer one request: its events, then its result or its error."""
     from workers.passes import Cancelled
 
-    for line in sys.stdin:
-        request = json.loads(line)
-        try:
-            value = _measure(request) if request["op"] == "measure" else _pass(request, cancel)
-        except Cancelled as exc:
-            _send("error", kind="cancelled", message=str(exc), trace="")
-        except BaseException as exc:  # noqa: BLE001 — every failure is reported to the parent, never lost
-            _send("error", kind=type(exc).__name__, message=str(exc) or type(exc).__name__,
-                  trace=traceback.format_exc())
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            _send("result", **value)
+    try:
+        value = _measure(request) if request["op"] == "measure" else _pass(request, is_cancelled, send)
+    except Cancelled as exc:
+        send("error", kind="cancelled", message=str(exc), trace="")
+    except Exception as exc:  # every failure is reported to the parent, never lost
+        send("error", kind=type(exc).__name__, message=str(exc) or type(exc).__name__, trace=traceback.format_exc())
+    else:
+        send("result", **value)
 
 
-def main() -> None:
+def confine_job(work_dir: Path, readable: list[Path]):
+    """Shut this process in as a job's: read the Python environment and ``readable``, write ``work_dir``."""
     from app.core.confinement import confine, runtime_paths
 
-    work_dir = Path(sys.argv[1])
     read, write = runtime_paths()
-    confine(read + [Path(p) for p in json.loads(sys.argv[2])], write + [work_dir])
+    return confine(read + readable, write + [work_dir])
+
+
+def main(args: list[str] | None = None) -> None:
+    work_dir, readable, cancel_flag = args or sys.argv[1:4]
+    confine_job(Path(work_dir), [Path(p) for p in json.loads(readable)])
     sys.stdout = sys.stderr  # libraries that print must not corrupt the protocol
-    serve(Path(sys.argv[3]))
+    cancel = Path(cancel_flag)
+    for line in sys.stdin:
+        handle(json.loads(line), cancel.exists, _send)
 
 
 if __name__ == "__main__":

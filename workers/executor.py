@@ -30,6 +30,7 @@ import numpy as np
 
 from app.core.processes import die_with_parent
 from workers.passes import Cancelled, PassResult
+from workers.zygote import Forked, zygote
 
 log = logging.getLogger(__name__)
 MAX_LINE = 16 << 20
@@ -69,8 +70,11 @@ class Executor:
     True asks it to stop (cancellation), an exception does too and is raised once it stopped (time limit,
     hand-back, lost lease)."""
 
+    inline = False  # tests that register a pass in their own process set it: no child, no confinement
+    zygote = False  # fork children from a preloaded process (workers.zygote): for processes that run many jobs
+
     def __init__(self, root: Path, readable: list[Path], check: Callable[[], bool], grace_s: float = 10.0,
-                 poll_s: float = 1.0) -> None:
+                 poll_s: float = 0.1) -> None:
         self.root, self.check, self.grace_s, self.poll_s = root, check, grace_s, poll_s
         self.inputs, self.work, self.results = (root / name for name in ("inputs", "work", "results"))
         for folder in (self.inputs, self.work / "tmp", self.results):
@@ -95,11 +99,11 @@ class Executor:
             raise ConfinedFailure("ProtocolError", "the job process answered a measurement without metrics")
         return answer["metrics"], arrays
 
-    def run_pass(self, name: str, params: dict, ctx: dict, progress: Callable[[float], None],
+    def run_pass(self, label: str, name: str, params: dict, ctx: dict, progress: Callable[[float], None],
                  log_line: Callable[[str], None]) -> tuple[PassResult, Path]:
-        """The pass's result (its model path in ``work/``, for the next step) and this side's copy of the model
-        (in ``results/``, to store)."""
-        ctx = {**ctx, "work_dir": str(self._name(f"step-{name}", ""))}
+        """Run pass ``name`` in ``work/<label>``: its result (the model's path in ``work/``, for the next step)
+        and this side's copy of the model (in ``results/``, to store)."""
+        ctx = {**ctx, "work_dir": str(self._name(label, ""))}
         answer = self._call({"op": "pass", "name": name, "params": params, "ctx": ctx},
                             progress=progress, log_line=log_line)
         if not (isinstance(answer.get("model_path"), str) and isinstance(answer.get("format"), str)
@@ -135,10 +139,13 @@ class Executor:
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.work), "TMPDIR": str(self.work / "tmp"),
                "TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1", "TORCHINDUCTOR_CACHE_DIR": str(self.work / "inductor"),
                **{k: os.environ[k] for k in PASSED_ENV if k in os.environ}}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-m", "workers.confined", str(self.work), json.dumps(self.readable),
-             str(self.inputs / CANCEL)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
-            cwd=self.work, preexec_fn=die_with_parent(signal.SIGKILL))
+        args = [str(self.work), json.dumps(self.readable), str(self.inputs / CANCEL)]
+        if self.zygote:
+            self.proc = zygote().fork(args, env, self.work)
+        else:
+            self.proc = subprocess.Popen([sys.executable, "-I", "-m", "workers.confined", *args],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
+                                         cwd=self.work, preexec_fn=die_with_parent(signal.SIGKILL))
         os.set_blocking(self.proc.stdout.fileno(), False)
         return self.proc
 
@@ -149,17 +156,28 @@ class Executor:
 
     def _call(self, request: dict, progress: Callable[[float], None] = lambda f: None,
               log_line: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+        if self.inline:
+            return self._inline(request, progress, log_line)
         try:
             return self._exchange(request, progress, log_line)
         finally:
             (self.inputs / CANCEL).unlink(missing_ok=True)
+
+    def _inline(self, request: dict, progress, log_line) -> dict[str, Any]:
+        """Tests only: the same request handled in this process, unconfined (a pass the test registered here)."""
+        from workers.confined import handle
+
+        answers = []
+        handle(request, self.check, lambda event, **fields: answers.append(
+            self._event(json.loads(json.dumps({"event": event, **fields})), progress, log_line)))
+        return next(a for a in answers if a is not None)
 
     def _exchange(self, request: dict, progress: Callable[[float], None],
                   log_line: Callable[[str], None]) -> dict[str, Any]:
         proc = self.proc if self.proc is not None and self.proc.poll() is None else self._start()
         proc.stdin.write((json.dumps(request) + "\n").encode())
         proc.stdin.flush()
-        buffer, stopping, pending = b"", None, None
+        buffer, stopping, pending, checked = b"", None, None, time.monotonic()
         while True:
             readable, _, _ = select.select([proc.stdout], [], [], self.poll_s)
             if readable:
@@ -170,7 +188,7 @@ class Executor:
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     try:
-                        answer = self._event(line, progress, log_line)
+                        answer = self._event(self._parse(line), progress, log_line)
                     except Cancelled:
                         if pending is not None:
                             raise pending from None
@@ -182,7 +200,9 @@ class Executor:
                 if len(buffer) > MAX_LINE:
                     self._kill()
                     raise ConfinedFailure("ProtocolError", "the job process wrote a line without end")
-                continue
+                if time.monotonic() - checked < self.poll_s:
+                    continue
+            checked = time.monotonic()  # at most every poll_s, however chatty the child is
             if stopping is None:
                 try:
                     asked = self.check()
@@ -196,14 +216,18 @@ class Executor:
                 self._kill()
                 raise pending or Cancelled("cancellation requested; the job process was killed")
 
-    def _event(self, line: bytes, progress, log_line) -> dict[str, Any] | None:
+    def _parse(self, line: bytes) -> dict[str, Any]:
         try:
             event = json.loads(line)
-            kind = event["event"]
-        except (ValueError, KeyError, TypeError) as exc:
-            self._kill()
-            raise ConfinedFailure("ProtocolError", "the job process wrote something that is not its protocol") \
-                from exc
+            if isinstance(event, dict) and isinstance(event.get("event"), str):
+                return event
+        except ValueError:
+            pass
+        self._kill()
+        raise ConfinedFailure("ProtocolError", "the job process wrote something that is not its protocol")
+
+    def _event(self, event: dict[str, Any], progress, log_line) -> dict[str, Any] | None:
+        kind = event["event"]
         if kind == "progress" and isinstance(event.get("fraction"), int | float):
             progress(float(event["fraction"]))
         elif kind == "log":
@@ -222,7 +246,8 @@ class Executor:
         self.proc = None
         if pending is not None:
             raise pending
-        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        how = ("an unknown cause" if code == Forked.UNKNOWN else f"signal {signal.Signals(-code).name}" if code < 0
+               else f"exit code {code}")
         hint = " (its CPU-time limit)" if code == -signal.SIGXCPU else \
             " (out of memory?)" if code == -signal.SIGKILL else ""
         raise ConfinedFailure("Died", f"the job process died with {how}{hint}")

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -33,6 +35,7 @@ PICKLE_HINT = (
 # Operator domains ONNX Runtime implements itself; anything else needs a custom-op library (native code
 # supplied by the uploader), which we never load.
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
+PROGRAMS = ("torchscript", "torch_export")  # formats that are code: they run only where confinement holds
 
 
 class FormatRefused(Exception):
@@ -106,6 +109,33 @@ def onnx_model_file(folder: Path) -> Path:
     return found[0]
 
 
+def all_tensors(model: Any) -> Iterator[Any]:
+    """Every tensor a model holds: initializers and sparse initializers, tensor and sparse-tensor attributes, in
+    the main graph, every subgraph (``If``/``Loop``/``Scan`` bodies) and every local function."""
+    from onnx import AttributeProto as A
+
+    def of_node(node: Any) -> Iterator[Any]:
+        for attr in node.attribute:
+            sparse = [attr.sparse_tensor] if attr.type == A.SPARSE_TENSOR else list(attr.sparse_tensors)
+            yield from [attr.t] if attr.type == A.TENSOR else attr.tensors
+            for tensor in sparse:
+                yield from (tensor.values, tensor.indices)
+            for graph in [attr.g] if attr.type == A.GRAPH else attr.graphs:
+                yield from of_graph(graph)
+
+    def of_graph(graph: Any) -> Iterator[Any]:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+        for node in graph.node:
+            yield from of_node(node)
+
+    yield from of_graph(model.graph)
+    for function in model.functions:
+        for node in function.node:
+            yield from of_node(node)
+
+
 def check_external_data(model: Any, model_file: Path) -> int:
     """Every external-data location must be relative, stay inside the model's folder, be no link, and exist.
     Returns how many tensors use external data. Checked before any library resolves the paths."""
@@ -113,9 +143,7 @@ def check_external_data(model: Any, model_file: Path) -> int:
 
     root = model_file.parent.resolve()
     count = 0
-    tensors = list(model.graph.initializer) + [
-        a.t for n in model.graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
-    for tensor in tensors:
+    for tensor in all_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         count += 1
@@ -133,29 +161,40 @@ def check_external_data(model: Any, model_file: Path) -> int:
 
 
 def materialize(path: Path, storage_key: str, dest: Path, limits: ArchiveLimits = ArchiveLimits()) -> Path:
-    """A loadable local path for a stored model: ONNX zips are extracted (checked) into ``dest``."""
+    """A local copy of a stored model in ``dest``, which the job may write beside (ONNX Runtime's quantizers
+    write files next to their input): ONNX zips are extracted (checked), other files copied."""
     if not storage_key.endswith(".zip"):
-        return path
+        dest.mkdir(parents=True)
+        return Path(shutil.copyfile(path, dest / PurePosixPath(storage_key).name))
     extract(path, dest, limits)
     return onnx_model_file(dest)
 
 
 def load_program(path: Path):
-    """A user's torch.export program: its payloads checked first, loaded with unpickling refused."""
+    """A user's torch.export program: its payloads checked first, loaded with unpickling refused, its operators
+    checked against the allow-list before anything can run it."""
     import torch
+
+    from workers.operators import check_program
 
     check_pt2(path)
     force_weights_only()
-    return torch.export.load(str(path))
+    program = torch.export.load(str(path))
+    check_program(program)
+    return program
 
 
 def load_torch(path: Path, fmt: str, device: str = "cpu"):
-    """A callable torch module for a TorchScript file or a .pt2 program, in eval mode on ``device``."""
+    """A callable torch module for a TorchScript file or a .pt2 program, in eval mode on ``device``; its operators
+    are checked against the allow-list first."""
     import torch
+
+    from workers.operators import check_torchscript
 
     force_weights_only()
     if fmt == "torchscript":
         module = torch.jit.load(str(path), map_location=device)
+        check_torchscript(module)
         module.eval()
         return module
     if fmt == "torch_export":

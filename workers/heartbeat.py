@@ -11,6 +11,7 @@ import subprocess
 import threading
 from typing import Any
 
+from app.core.confinement import probe
 from app.core.db import session_scope
 from app.core.settings import get_settings
 from app.worker_registry import repository
@@ -46,13 +47,15 @@ def versions() -> dict[str, str]:
 
 def describe(queues: list[str]) -> dict[str, Any]:
     passes = sorted(n for n, spec in REGISTRY.items() if spec.queue in queues and spec.unavailable_reason() is None)
-    return {"queues": queues, "device": {**machine(), "gpus": gpus()}, "passes": passes, "versions": versions()}
+    return {"queues": queues, "device": {**machine(), "gpus": gpus()}, "passes": passes, "versions": versions(),
+            "confinement": probe().describe()}
 
 
 def start(worker_id: str, queues: list[str]) -> threading.Event:
     """Beat now and every ``heartbeat_s`` in a daemon thread; set the returned event to stop."""
     stop = threading.Event()
     description = describe(queues)
+    log.info("worker %s: job processes confined by %s", worker_id, description["confinement"]["mechanism"])
     interval = get_settings().heartbeat_s
 
     def beat() -> None:

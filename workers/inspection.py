@@ -1,21 +1,35 @@
-"""Inspect an uploaded model in a sandboxed child process:
-``python -I -m workers.inspection PATH LIMITS_JSON [INPUTS_JSON]``.
+"""Inspect an uploaded model in a confined child process: ``python -I -m workers.inspection PATH OPTIONS_JSON``
+(options: ``limits``, ``inputs``, ``allow_unconfined``).
 
 Prints one JSON object on stdout: ``{"ok": true, "format", "inputs", "outputs", "parameters", "details"}``
-or ``{"ok": false, "status": 4xx, "detail": ...}``. The parent (``app/mlmodels/inspection.py``) applies
-memory and CPU-time limits and a clean environment; nothing here unpickles user data (see ``formats``).
+or ``{"ok": false, "status": 4xx, "detail": ...}`` — a detail without server paths or tracebacks. The parent
+(``app/mlmodels/inspection.py``) applies memory and CPU-time limits and a clean environment; this process
+confines itself (:mod:`app.core.confinement`) before it reads the upload; nothing here unpickles user data.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from app.core.archives import ArchiveLimits, ArchiveRefused, extract
-from workers.formats import KNOWN_DOMAINS, FormatRefused, check_external_data, check_pt2, detect, onnx_model_file
+from app.core.confinement import confine, probe, runtime_paths
+from workers.formats import (
+    KNOWN_DOMAINS,
+    PROGRAMS,
+    FormatRefused,
+    all_tensors,
+    check_external_data,
+    check_pt2,
+    detect,
+    onnx_model_file,
+)
 
 TORCHSCRIPT_INPUTS_HINT = (
     'TorchScript keeps no input shapes: upload with ?inputs=[{"name": "x", "dtype": "float32", '
@@ -38,7 +52,7 @@ def inspect_onnx(path: Path, archive: bool = False) -> dict[str, Any]:
     if custom:
         raise FormatRefused(422, f"custom operator domains are not supported: {', '.join(custom)}")
     external = check_external_data(model, path) if archive else 0
-    if not archive and any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+    if not archive and any(t.data_location == onnx.TensorProto.EXTERNAL for t in all_tensors(model)):
         raise FormatRefused(422, "this ONNX file refers to external data files; upload a zip holding the model "
                                  "and its data files")
     try:
@@ -103,6 +117,8 @@ def inspect_torchscript(path: Path, declared: list[dict[str, Any]] | None) -> di
 
     try:
         module = load_torch(path, "torchscript")
+    except FormatRefused:
+        raise
     except Exception as exc:
         raise FormatRefused(422, f"torch.jit.load failed: {str(exc).splitlines()[0][:300]}") from exc
     names = [a.name for a in module.forward.schema.arguments[1:]]
@@ -153,6 +169,8 @@ def inspect_torch_export(path: Path) -> dict[str, Any]:
     check_pt2(path)  # outside the try: its refusals are our own, with their own status
     try:
         program = load_program(path)
+    except FormatRefused:
+        raise
     except Exception as exc:
         raise FormatRefused(422, f"torch.export.load failed: {str(exc).splitlines()[0][:300]}") from exc
     signature = program.graph_signature
@@ -191,10 +209,17 @@ def inspect_torch_export(path: Path) -> dict[str, Any]:
             "details": {"op_counts": _sorted(ops), "torch": torch.__version__, "dim_defaults": dim_defaults}}
 
 
-def inspect(path: Path, limits: ArchiveLimits, declared: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def inspect(path: Path, limits: ArchiveLimits, declared: list[dict[str, Any]] | None = None,
+            programs: bool = True) -> dict[str, Any]:
+    """The upload's record; ``programs``: whether TorchScript and .pt2 may be loaded here (this process is
+    confined, or the operator allowed them unconfined)."""
     fmt = detect(path, limits)
     if declared and fmt != "torchscript":
         raise FormatRefused(422, "?inputs= is only for TorchScript uploads; other formats record their inputs")
+    if fmt in PROGRAMS and not programs:
+        raise FormatRefused(422, f"this server cannot confine user programs ({probe().describe()['mechanism']}), "
+                                 "so TorchScript and .pt2 uploads are refused; upload ONNX, or ask the operator "
+                                 "(TENSORPRESS_ALLOW_UNCONFINED, docs/security.md)")
     if fmt == "onnx":
         return inspect_onnx(path)
     if fmt == "onnx_zip":
@@ -204,13 +229,36 @@ def inspect(path: Path, limits: ArchiveLimits, declared: list[dict[str, Any]] | 
     return inspect_torch_export(path)
 
 
+_PATH = re.compile(r"(?<![\w.])/(?:[\w.@+-]+/)*[\w.@+-]+")
+
+
+def scrub(detail: str, *known: Path) -> str:
+    """A message fit for the client: no path of this server in it (the upload's and scratch paths named, any
+    other absolute path elided)."""
+    for path, name in sorted(((str(p), n) for p, n in known), key=lambda pn: -len(pn[0])):
+        detail = detail.replace(path, name)
+    return _PATH.sub("…", detail)
+
+
 def main() -> None:
-    limits = ArchiveLimits(**json.loads(sys.argv[2]))
-    declared = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
+    """``python -I -m workers.inspection PATH OPTIONS_JSON``: confine this process to reading the Python
+    environment and the upload and writing a scratch folder, inspect, print the JSON answer."""
+    path, options = Path(sys.argv[1]), json.loads(sys.argv[2])
+    scratch = Path(tempfile.mkdtemp(prefix="tp-inspect-"))
+    read, write = runtime_paths()
+    support = confine(read + [path], write + [scratch])
+    os.environ.update(HOME=str(scratch), TMPDIR=str(scratch))
+    tempfile.tempdir = str(scratch)
     try:
-        result = {"ok": True, **inspect(Path(sys.argv[1]), limits, declared)}
+        result = {"ok": True, **inspect(path, ArchiveLimits(**options["limits"]), options.get("inputs"),
+                                        programs=support.complete or options.get("allow_unconfined", False))}
     except FormatRefused as exc:
-        result = {"ok": False, "status": exc.status, "detail": exc.detail}
+        result = {"ok": False, "status": exc.status,
+                  "detail": scrub(exc.detail, (path, "the upload"), (path.parent, "…"), (scratch, "…"))}
+    # Anything else (a bug, a hostile input we did not foresee, memory running out) ends this process with its
+    # traceback on stderr: the parent logs it and answers the client without it (app/core/sandbox.py).
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     sys.stdout.write(json.dumps(result))
 
 

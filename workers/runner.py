@@ -17,14 +17,13 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import platform
 import shutil
 import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.core.confinement import probe
 from app.core.db import on_commit, session_scope, with_retries
 from app.core.logs import JOB_ID
 from app.core.settings import get_settings
@@ -42,9 +42,10 @@ from app.models import Artifact, Dataset, Job, Model
 from app.models.base import new_id, utcnow
 from app.webhooks import service as webhooks
 from workers import evaluation
-from workers.formats import force_weights_only, materialize
+from workers.executor import Executor
+from workers.formats import PROGRAMS, materialize
 from workers.heartbeat import versions
-from workers.passes import REGISTRY, Cancelled, PassContext
+from workers.passes import REGISTRY, Cancelled
 
 log = logging.getLogger(__name__)
 EVAL_SAMPLES = 2048  # of the evaluation dataset used for fidelity and task metrics
@@ -52,18 +53,6 @@ search_clock = time.monotonic  # a goal search's time budget (tests replace it)
 STEPS_SHARE = 0.9  # of the progress bar; measuring original and result takes the rest
 EXTENSIONS = {"onnx": "onnx", "torchscript": "pt", "torch_export": "pt2", "aotinductor": "aoti.pt2",
               "openvino": "openvino.zip", "tensorrt": "engine"}
-
-
-@contextlib.contextmanager
-def working_directory(path: Path) -> Iterator[None]:
-    """Run inside ``path``: ONNX Runtime's quantizers save external-data files (``<uuid>.data``) to the current
-    directory, which would otherwise fill the worker's. Each job has its own process, so this is safe."""
-    previous = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
 
 
 @dataclass(frozen=True)
@@ -147,6 +136,7 @@ class JobRun:
         self.time_limit_at = float("inf")  # time.monotonic() when this attempt must stop
         self.lost = threading.Event()
         self._stop = threading.Event()
+        self.executor: Executor | None = None  # the confined process that runs the job's passes and measurements
 
     # --- lease ---------------------------------------------------------------------------------------
     def claim(self) -> bool:
@@ -205,22 +195,23 @@ class JobRun:
 
     # --- the run -------------------------------------------------------------------------------------
     def run(self) -> None:
-        force_weights_only()
         if not self.claim():
             log.info("job %s is not claimable (finished, cancelled or leased elsewhere)", self.job_id)
             return
         beat = threading.Thread(target=contextvars.copy_context().run, args=(self._heartbeat,),
                                 name=f"lease-{self.job_id}", daemon=True)
         beat.start()
-        work_dir = Path(tempfile.mkdtemp(prefix=f"tensorpress-{self.job_id}-"))
+        root = Path(tempfile.mkdtemp(prefix=f"tensorpress-{self.job_id}-"))
         try:
-            self._run(work_dir)
+            self._run(root)
         except LeaseLost:
             log.warning("lease of job %s was lost; another worker owns it", self.job_id)
         finally:
+            if self.executor is not None:
+                self.executor.close()
             self._stop.set()
             beat.join(timeout=5)
-            shutil.rmtree(work_dir, ignore_errors=True)
+            shutil.rmtree(root, ignore_errors=True)
 
     def _load(self, steps: list[dict]) -> tuple[dict, str, str]:
         """Fill ``steps`` with the job's steps; return its target and the storage key and format of the
@@ -306,7 +297,18 @@ class JobRun:
                  f"{len(originals)} artifact(s) and metrics are reused and no step runs")
         return True
 
-    def _run(self, work_dir: Path) -> None:
+    def _confined(self, root: Path, key: str, fmt: str) -> Executor:
+        """The job's confined process; refused for user programs where this kernel cannot confine them."""
+        formats = {fmt, *(f for _, f in self.models.values())} & set(PROGRAMS)
+        support = probe()
+        if formats and not support.complete and not self.settings.allow_unconfined:
+            raise RuntimeError(f"this worker cannot confine user programs ({support.describe()['mechanism']}); "
+                               f"{', '.join(sorted(formats))} models are refused unless "
+                               "TENSORPRESS_ALLOW_UNCONFINED=true")
+        readable = [self.store.path(key), *self.datasets.values(), *(path for path, _ in self.models.values())]
+        return Executor(root, readable, self.cancelled)
+
+    def _run(self, root: Path) -> None:
         steps: list[dict] = []
         try:
             target, key, fmt = self._load(steps)
@@ -314,15 +316,16 @@ class JobRun:
             if self.settings.cache == "on" and self._reuse_cached():
                 return
             self.update(progress=0.0, current_step=None)
-            source = materialize(self.store.path(key), key, work_dir / "source"), fmt
+            self.executor = self._confined(root, key, fmt)
+            source = materialize(self.store.path(key), key, self.executor.work / "source"), fmt
             eval_feeds, labels, inputs = self._evaluation_data(target)
             original, reference = self._measure(*source, target, eval_feeds, labels)
             self.update(metrics={"original": original})
             base = Baseline(source, target, original, reference, eval_feeds, labels, inputs)
             if self.goal:
-                self._search(steps, work_dir, base)
+                self._search(steps, base)
             else:
-                self._first_good(steps, work_dir, base)
+                self._first_good(steps, base)
         except Cancelled:
             self._mark_rest(steps, "cancelled")
             self.log("cancelled")
@@ -351,15 +354,16 @@ class JobRun:
             dispatch(self.job_id, queue)
 
     def _fail(self, steps: list[dict], exc: Exception) -> None:
-        self.log(f"failed{'' if self.current is None else f' in step {self.current}'}: {exc}\n"
-                 f"{traceback.format_exc()}", level="error")
+        # A failure in the confined process carries its own traceback and exception name.
+        trace, kind = getattr(exc, "trace", "") or traceback.format_exc(), getattr(exc, "kind", type(exc).__name__)
+        self.log(f"failed{'' if self.current is None else f' in step {self.current}'}: {exc}\n{trace}",
+                 level="error")
         self._mark_rest(steps, "skipped", failed=self.current)
         self._finish("failed", steps, error={
             "type": "https://tensorpress.dev/problems/job-failed", "title": "Job failed",
-            "status": 500, "detail": str(exc) or type(exc).__name__, "step": self.current,
-            "exception": type(exc).__name__})
+            "status": 500, "detail": str(exc) or kind, "step": self.current, "exception": kind})
 
-    def _first_good(self, steps: list[dict], work_dir: Path, base: Baseline) -> None:
+    def _first_good(self, steps: list[dict], base: Baseline) -> None:
         """Steps and presets: run the recipe; when a preset's result fails the gate, its next candidate from
         the original, and so on. The job keeps the first result that passes (or the last one)."""
         candidates, tried = [[dict(s) for s in steps], *self.alternatives], []
@@ -369,7 +373,7 @@ class JobRun:
                 self._discard_artifacts()
                 tried[-1]["artifact_id"] = None
                 self.update(steps=steps, progress=0.0)
-            result, entry = self._try(number, steps, steps, work_dir / f"candidate{number}", base)
+            result, entry = self._try(number, steps, steps, base)
             tried.append(entry)
             if not entry["regressions"] or number == len(candidates):
                 break
@@ -385,8 +389,7 @@ class JobRun:
         self._finish("succeeded", steps, metrics=metrics, progress=1.0, regressed=bool(entry["regressions"]),
                      regressions=entry["regressions"])
 
-    def _try(self, number: int, candidate: list[dict], steps: list[dict], work_dir: Path,
-             base: Baseline) -> tuple[dict, dict]:
+    def _try(self, number: int, candidate: list[dict], steps: list[dict], base: Baseline) -> tuple[dict, dict]:
         """Run one candidate recipe from the original model; its measured result and a summary of it against
         the original (size, latency, the budget's metric, its loss, the objective's score, regressions)."""
         path, fmt = base.source
@@ -394,7 +397,7 @@ class JobRun:
             self.current = step["index"]
             if self.cancelled():
                 raise Cancelled("cancellation requested")
-            path, fmt = self._run_step(step, steps, path, fmt, work_dir, base.target)
+            path, fmt = self._run_step(step, steps, path, fmt, f"candidate{number}-step{step['index']}", base.target)
         self.current = None
         result, outputs = self._measure(path, fmt, base.target, base.eval_feeds, base.labels)
         result["fidelity"] = {**evaluation.fidelity(base.reference, outputs), "inputs": base.inputs}
@@ -410,7 +413,7 @@ class JobRun:
                  "regressions": regressions}
         return result, entry
 
-    def _search(self, steps: list[dict], work_dir: Path, base: Baseline) -> None:
+    def _search(self, steps: list[dict], base: Baseline) -> None:
         """Goal jobs: try the candidates in order until the time budget is spent, skipping a group's milder
         levels once one met the goal, then stack the best structural and the best other candidate; keep the
         best that met the goal (else the closest, flagged), recording the best so far after each candidate.
@@ -435,7 +438,7 @@ class JobRun:
             else:
                 self.deadline = deadline if tried else None  # the first candidate always finishes
                 try:
-                    result, entry = self._try(number, candidate, steps, work_dir / f"candidate{number}", base)
+                    result, entry = self._try(number, candidate, steps, base)
                 except Cancelled:
                     if self._cancel_requested():
                         self._mark_rest(steps, "cancelled")
@@ -542,13 +545,12 @@ class JobRun:
         return feeds, None, "generated"
 
     def _measure(self, path, fmt, target, eval_feeds, labels):
-        timing = evaluation.Timing(min_iterations=self.settings.bench_iterations,
-                                   min_time_s=self.settings.bench_min_time_s)
-        return evaluation.measure(path, fmt, self.model["inputs"], target, threads=self.settings.bench_threads,
-                                  timing=timing, eval_feeds=eval_feeds, labels=labels,
-                                  dim_defaults=self.model["dim_defaults"])
+        timing = {"min_iterations": self.settings.bench_iterations, "min_time_s": self.settings.bench_min_time_s}
+        return self.executor.measure(path, fmt, self.model["inputs"], target, threads=self.settings.bench_threads,
+                                     timing=timing, eval_feeds=eval_feeds, labels=labels,
+                                     dim_defaults=self.model["dim_defaults"])
 
-    def _run_step(self, step: dict, steps: list[dict], path: Path, fmt: str, work_dir: Path,
+    def _run_step(self, step: dict, steps: list[dict], path: Path, fmt: str, label: str,
                   target: dict) -> tuple[Path, str]:
         index, total = step["index"], len(steps)
         spec = REGISTRY[step["pass"]]
@@ -556,8 +558,6 @@ class JobRun:
         step.update(status="running", started_at=utcnow().isoformat())
         self.update(steps=steps, current_step=index, progress=STEPS_SHARE * index / total)
         self.log(f"step {index} {spec.name} started with {params.model_dump(mode='json')}")
-        step_dir = work_dir / f"step{index}"
-        step_dir.mkdir(parents=True)
         last_progress = [0.0]
 
         def progress(fraction: float) -> None:
@@ -566,29 +566,29 @@ class JobRun:
                 last_progress[0] = fraction
                 self.update(progress=STEPS_SHARE * (index + fraction) / total)
 
-        ctx = PassContext(model_path=path, model_format=fmt, work_dir=step_dir, target=target,
-                          device=target.get("device", "cpu"),
-                          inputs=self.model["inputs"], outputs=self.model["outputs"],
-                          dim_defaults=self.model["dim_defaults"], datasets=self.datasets, models=self.models,
-                          progress=progress, is_cancelled=self.cancelled,
-                          log=lambda message: self.log(f"step {index}: {message}"))
-        with working_directory(step_dir):  # libraries that write scratch files to the cwd write them here
-            result = spec.run(ctx, params)
-        artifact = self._store_artifact(index, spec.name, result)
+        ctx = {"model_path": str(path), "model_format": fmt, "target": target, "device": target.get("device", "cpu"),
+               "inputs": self.model["inputs"], "outputs": self.model["outputs"],
+               "dim_defaults": self.model["dim_defaults"],
+               "datasets": {role: str(p) for role, p in self.datasets.items()},
+               "models": {ref: [str(p), f] for ref, (p, f) in self.models.items()}}
+        result, file = self.executor.run_pass(label, spec.name, params.model_dump(mode="json"), ctx, progress,
+                                              lambda message: self.log(f"step {index}: {message}"))
+        artifact = self._store_artifact(index, spec.name, result, file)
         step.update(status="succeeded", finished_at=utcnow().isoformat(),
                     metrics={**result.metrics, "artifact_id": artifact["id"], "size_bytes": artifact["size"]})
         self.update(steps=steps, progress=STEPS_SHARE * (index + 1) / total)
         self.log(f"step {index} {spec.name} succeeded: {artifact['size']} bytes, artifact {artifact['id']}")
         return result.model_path, result.format
 
-    def _store_artifact(self, index: int, pass_name: str, result) -> dict[str, Any]:
+    def _store_artifact(self, index: int, pass_name: str, result, file: Path) -> dict[str, Any]:
+        """Store ``file`` (this process's copy of the pass's output) as the step's artifact."""
         artifact_id = new_id()
         filename = f"{self.job_id[:8]}-step{index}-{pass_name}.{EXTENSIONS.get(result.format, 'bin')}"
         key = f"artifacts/{artifact_id}/{filename}"
 
         def record(session: Session) -> int:  # bytes and row land together, or neither (a retry puts both again)
             on_commit(session, None, rollback=lambda: self.store.delete_prefix(f"artifacts/{artifact_id}"))
-            size, sha256 = self.store.put_file(result.model_path, key)
+            size, sha256 = self.store.put_file(file, key)
             session.add(Artifact(id=artifact_id, tenant=self.tenant, job_id=self.job_id, step=index,
                                  format=result.format, filename=filename, size_bytes=size, sha256=sha256,
                                  storage_key=key, metadata_={"pass": pass_name, **result.metadata}))

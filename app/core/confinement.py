@@ -94,7 +94,8 @@ SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc/ld.so.
                "/etc/ld.so.conf.d", "/etc/localtime", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf",
                "/etc/os-release", "/proc/self", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/sys/devices",
                "/sys/bus", "/sys/fs/cgroup", "/dev/urandom", "/dev/random", "/dev/zero", "/proc/driver/nvidia")
-DEVICE_WRITE = ("/dev/null", "/dev/nvidia*", "/dev/nvidia-caps")  # CUDA opens its devices read-write
+# CUDA opens its devices read-write; measurements reset the process's own peak-memory mark (clear_refs).
+DEVICE_WRITE = ("/dev/null", "/dev/nvidia*", "/dev/nvidia-caps", "/proc/self/clear_refs")
 
 
 def runtime_paths() -> tuple[list[Path], list[Path]]:

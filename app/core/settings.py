@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     )
     archive_max_ratio: float = Field(default=200.0, gt=1, description="Largest compression ratio of a zip entry.")
     inspect_timeout_s: int = Field(default=120, gt=0, description="Time limit for inspecting one upload.")
+    allow_unconfined: bool = Field(
+        default=False, description="Run TorchScript and .pt2 programs even where this kernel cannot confine them "
+        "(no Landlock ABI >= 6 or no seccomp): they could then read and write what the service can. Off: such "
+        "uploads and jobs are refused (app/core/confinement.py, docs/security.md).")
     retention_days: float = Field(default=0, ge=0, description="Finished jobs older than this are deleted with "
                                   "their artifacts by the workers' recovery loop; 0 keeps them.")
     resend_after_s: int = Field(default=60, ge=1, description="A queued job sent this long ago is sent again when "

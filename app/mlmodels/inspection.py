@@ -15,11 +15,10 @@ _STATUS = {400: errors.BadRequest, 415: errors.UnsupportedMediaType, 422: errors
 
 def inspect_model(path: Path, declared_inputs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     settings = get_settings()
-    args = [str(path), json.dumps(settings.archive_limits)]
-    if declared_inputs:
-        args.append(json.dumps(declared_inputs))
-    result = run_json("workers.inspection", args, memory_bytes=settings.inspect_memory_bytes,
-                      timeout_s=settings.inspect_timeout_s)
+    options = {"limits": settings.archive_limits, "inputs": declared_inputs,
+               "allow_unconfined": settings.allow_unconfined}
+    result = run_json("workers.inspection", [str(path), json.dumps(options)],
+                      memory_bytes=settings.inspect_memory_bytes, timeout_s=settings.inspect_timeout_s)
     if not result.get("ok"):
         raise _STATUS.get(result.get("status"), errors.UnprocessableUpload)(result.get("detail", "refused"))
     return result

@@ -19,5 +19,7 @@ class Worker(Base):
     device: Mapped[dict[str, Any]] = mapped_column(JSON)  # cpu model, cores, gpus
     passes: Mapped[list[str]] = mapped_column(JSON)  # the passes whose libraries it has
     versions: Mapped[dict[str, str]] = mapped_column(JSON)
+    # How its job processes are confined: {"active", "mechanism", "detail"} (app/core/confinement.py)
+    confinement: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -14,6 +14,7 @@ class WorkerRead(BaseModel):
     device: dict[str, Any]
     passes: list[str]
     versions: dict[str, str]
+    confinement: dict[str, Any]
     started_at: datetime
     last_seen: datetime
 

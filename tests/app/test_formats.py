@@ -137,7 +137,8 @@ def test_inspection_runs_under_memory_and_time_limits(client, pt2, env, monkeypa
 
     monkeypatch.setenv("TENSORPRESS_INSPECT_MEMORY_BYTES", str(256 << 20))
     reset_caches()
-    assert "memory limit" in assert_problem(upload(client, pt2), 422)["detail"]
+    detail = assert_problem(upload(client, pt2), 422)["detail"]
+    assert "memory limit" in detail and "Traceback" not in detail and "/" not in detail  # logged, not answered
     monkeypatch.setenv("TENSORPRESS_INSPECT_MEMORY_BYTES", str(8 << 30))
     monkeypatch.setenv("TENSORPRESS_INSPECT_TIMEOUT_S", "1")
     reset_caches()

@@ -39,3 +39,18 @@ def test_pass_availability_follows_the_live_workers(client, uploaded_model):
     assert "no live cpu worker has what quantize.dynamic needs" in passes["quantize.dynamic"]["unavailable_reason"]
     refused = submit(client, uploaded_model["id"])
     assert refused.status_code == 422 and "cannot run here" in refused.json()["errors"][0]["msg"]
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "postgresql"], indirect=True)
+def test_each_worker_says_how_its_job_processes_are_confined(client):
+    from app.core.db import session_scope
+    from app.worker_registry import repository
+    from workers.heartbeat import describe
+
+    with session_scope() as session:
+        repository.beat(session, "w@host", **describe(["cpu"]))
+    [worker] = client.get("/v1/workers").json()["items"]
+    confinement = worker["confinement"]
+    # This project's machines offer Landlock ABI >= 6 and seccomp (../shared/FACTS.md): confinement is complete.
+    assert confinement["active"] is True and confinement["detail"] is None
+    assert "Landlock ABI" in confinement["mechanism"] and "seccomp" in confinement["mechanism"]

@@ -38,17 +38,18 @@ def training_job(client, cnn):
 def test_a_job_past_its_time_limit_fails_with_the_reason(client, training_job):
     assert client.post("/v1/jobs?dry_run=true", json={"model_id": "x", "steps": [{"pass": "quantize.dynamic"}],
                                                       "time_limit_s": 10 ** 9}).status_code == 422
-    job_id = training_job(time_limit_s=5)
+    job_id = training_job(time_limit_s=20)
     started = time.monotonic()
     run(job_id)
     job = client.get(f"/v1/jobs/{job_id}").json()
-    assert time.monotonic() - started < 120  # far less than the 1000 epochs it asked for
-    assert job["state"] == "failed" and job["time_limit_s"] == 5
-    assert job["error"]["detail"] == "the job ran past its time limit of 5 s"
-    # Usually in the training step; on a busy machine the limit can already pass during pruning.
-    statuses = [s["status"] for s in job["steps"]]
-    assert statuses in (["succeeded", "failed"], ["failed", "skipped"]) and statuses.index("failed") == \
-        job["error"]["step"]
+    assert time.monotonic() - started < 180  # far less than the 1000 epochs it asked for
+    assert job["state"] == "failed" and job["time_limit_s"] == 20
+    assert job["error"]["detail"] == "the job ran past its time limit of 20 s"
+    # Usually in the training step; on a busy machine the limit can pass earlier: the step it names failed,
+    # those before it succeeded, the rest were skipped.
+    statuses, failed = [s["status"] for s in job["steps"]], job["error"]["step"]
+    assert statuses == ["succeeded"] * (failed or 0) + ["failed"] * (failed is not None) + \
+        ["skipped"] * (len(statuses) - (failed or 0) - (failed is not None))
 
 
 def test_cancelling_mid_training_stops_within_an_epoch_and_keeps_finished_steps(client, training_job):

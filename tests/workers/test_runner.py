@@ -117,6 +117,7 @@ def test_cancellation_is_seen_before_a_step(client, uploaded_model):
 
 
 def test_a_failing_step_fails_the_job_with_its_traceback(client, uploaded_model, monkeypatch):
+    from workers.executor import Executor
     from workers.passes import REGISTRY, PassSpec
     from workers.passes.quantization.dynamic import DynamicQuantizeParams
 
@@ -124,6 +125,7 @@ def test_a_failing_step_fails_the_job_with_its_traceback(client, uploaded_model,
         ctx.log("about to fail")
         raise RuntimeError("the pass could not handle this graph")
 
+    monkeypatch.setattr(Executor, "inline", True)  # the pass lives in this process only
     monkeypatch.setitem(REGISTRY, "test.explode", PassSpec(
         name="test.explode", description="fails", accepts=("onnx",), produces="onnx",
         params=DynamicQuantizeParams, run=explode))
@@ -179,6 +181,7 @@ def test_passes_run_inside_their_own_directory(client, uploaded_model, monkeypat
     import os
     import shutil
 
+    from workers.executor import Executor
     from workers.passes import REGISTRY, PassResult, PassSpec
     from workers.passes.quantization.dynamic import DynamicQuantizeParams
 
@@ -191,6 +194,7 @@ def test_passes_run_inside_their_own_directory(client, uploaded_model, monkeypat
         shutil.copy(ctx.model_path, ctx.work_dir / "model.onnx")
         return PassResult(ctx.work_dir / "model.onnx", "onnx")
 
+    monkeypatch.setattr(Executor, "inline", True)  # the pass lives in this process only
     monkeypatch.setitem(REGISTRY, "test.scratch", PassSpec(name="test.scratch", description="writes to the cwd",
                                                            accepts=("onnx",), produces="onnx",
                                                            params=DynamicQuantizeParams, run=scratch))

@@ -16,14 +16,12 @@ class TorchModel:
     """A loaded TorchScript module or .pt2 program: a callable module plus a way to save it back."""
 
     def __init__(self, path: Path, fmt: str) -> None:
-        import torch
 
-        from workers.formats import force_weights_only, load_program
+        from workers.formats import load_program, load_torch
 
-        force_weights_only()
         self.format = fmt
         if fmt == "torchscript":
-            self.module = torch.jit.load(str(path), map_location="cpu")
+            self.module = load_torch(path, fmt)  # checked against the operator allow-list
             self.program = None
         elif fmt == "torch_export":
             self.program = load_program(path)
