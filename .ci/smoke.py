@@ -101,8 +101,11 @@ def main() -> None:
         x = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32)
         outputs = [onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
                    for p in (work / "model.onnx", work / "int8.onnx")]
-        assert np.allclose(*outputs, atol=0.05), "the artifact computes something else"
-        print(f"smoke: job {job['id']} {job['state']}, artifact {len(blob)} bytes, sha256 verified", flush=True)
+        # int8 error is a few percent of the output's range, more on CPUs without VNNI (AVX2 only: 3.3 %)
+        error = float(np.abs(outputs[0] - outputs[1]).max() / np.abs(outputs[0]).max())
+        assert error < 0.1, f"the artifact computes something else (max error {error:.1%} of the output range)"
+        print(f"smoke: job {job['id']} {job['state']}, artifact {len(blob)} bytes, sha256 verified, max error "
+              f"{error:.1%} of the output range", flush=True)
     finally:
         if service.poll() is None:
             os.killpg(service.pid, signal.SIGTERM)
