@@ -1,6 +1,13 @@
-"""The API under load on PostgreSQL + Redis, 20 jobs on 2 workers, and a 2 GiB upload.
+"""The API under load on PostgreSQL + Redis, 20 jobs on 2 workers, and a 2 GiB upload; or status polls while
+a job computes on the same two cores.
 
     python benchmarks/reliability.py [--seconds 60]
+    python benchmarks/reliability.py --during-a-job [--windows 3] [--seconds 15]
+
+``--during-a-job`` starts `tensorpress up` (the README's embedded default: API and worker on one machine) and
+alternates windows of --seconds: 50 clients polling ``GET /v1/jobs/{id}`` once a second with no job running,
+then the same while a fine-tuning job keeps a worker busy (cancelled at the window's end). Each pair gives the
+ratio of the busy window's p99 to the idle one's. Otherwise:
 
 Starts `tensorpress serve` (one uvicorn process) on a fresh PostgreSQL database and Redis (127.0.0.1), with the
 rate limit and active-jobs quota off. Then:
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -31,7 +39,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._service import peak_rss_bytes, service  # noqa: E402
+from benchmarks._service import peak_rss_bytes, service, upload  # noqa: E402
 from tests.factories import npz_bytes, onnx_mlp  # noqa: E402
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
@@ -46,12 +54,14 @@ def percentiles(values: list[float]) -> str:
 async def pollers(base: str, job_ids: list[str], seconds: float) -> tuple[dict[str, list[float]], int, int]:
     latencies: dict[str, list[float]] = {"status": [], "list": []}
     errors, started = 0, time.monotonic() + 2  # first, every client opens its connection (not measured)
+    gc.collect()
+    gc.freeze()  # this process's own full collections (torch is imported here) would stall the clients
 
     async def client(n: int) -> None:
         nonlocal errors
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-            await http.get(f"/v1/jobs/{job_ids[0]}")
-            await asyncio.sleep(started - time.monotonic())
+            await http.get("/healthz")  # another route: the server's histogram of the measured one stays clean
+            await asyncio.sleep(started + n / 50 - time.monotonic())  # spread over the second, from the first
             tick = 0
             while time.monotonic() - started < seconds:
                 paths = [f"/v1/jobs/{job_ids[n % len(job_ids)]}"] + (["/v1/jobs?limit=50"] if tick % 10 == 0 else [])
@@ -68,6 +78,54 @@ async def pollers(base: str, job_ids: list[str], seconds: float) -> tuple[dict[s
 
     await asyncio.gather(*(client(n) for n in range(50)))
     return latencies, errors, sum(map(len, latencies.values()))
+
+
+def answered_on_server(http: httpx.Client) -> tuple[float, float]:
+    """How many ``GET /v1/jobs/{id}`` the server answered so far, and how many of them within 100 ms (its own
+    histogram, the time inside the process: what the clients' numbers add to it is scheduling and transport)."""
+    route = 'method="GET",route="/v1/jobs/{job_id}"'
+    counts = {line.split("{", 1)[1].split(",", 1)[0]: float(line.rsplit(" ", 1)[1])
+              for line in http.get("/metrics").text.splitlines()
+              if line.startswith("tensorpress_http_request_duration_seconds_bucket") and route in line}
+    return counts.get('le="+Inf"', 0.0), counts.get('le="0.1"', 0.0)
+
+
+def polls_during_a_job(windows: int, seconds: float) -> None:
+    from tests.factories import CNN_INPUTS, digits, digits_cnn, torchscript_bytes
+
+    x_train, y_train, _, _ = digits()
+    with tempfile.TemporaryDirectory() as tmp, service("up", Path(tmp), {
+            "TENSORPRESS_RATE_LIMIT_PER_MINUTE": "0"}) as (base, _):
+        http = httpx.Client(base_url=base, timeout=600)
+        model_id = upload(http, f"/v1/models?name=cnn.pt&inputs={CNN_INPUTS}", torchscript_bytes(*digits_cnn(3)))
+        dataset = upload(http, "/v1/datasets?name=digits.npz", npz_bytes(input=x_train, labels=y_train))
+        def training(epochs: int) -> str:
+            return http.post("/v1/jobs", json={"model_id": model_id, "datasets": {"training": dataset}, "steps": [
+                {"pass": "train.finetune", "params": {"epochs": epochs}}]}).json()["id"]
+
+        def finished(job_id: str) -> None:
+            while http.get(f"/v1/jobs/{job_id}").json()["state"] not in ("cancelled", "failed", "succeeded"):
+                time.sleep(0.2)
+
+        polled = training(1)  # the job every client polls
+        finished(polled)
+        rows = []
+        for window in range(windows):
+            idle, _, _ = asyncio.run(pollers(base, [polled], seconds))
+            job = training(1000)  # minutes of work: cancelled when the window ends
+            while "epoch 1/" not in http.get(f"/v1/jobs/{job}/logs").text:
+                time.sleep(0.2)
+            before = answered_on_server(http)
+            busy, errors, _ = asyncio.run(pollers(base, [polled], seconds))
+            after = answered_on_server(http)
+            slow = (after[0] - before[0]) - (after[1] - before[1])
+            http.post(f"/v1/jobs/{job}/cancel")
+            finished(job)
+            (i50, i99), (b50, b99) = (np.percentile(v["status"], [50, 99]) * 1000 for v in (idle, busy))
+            rows.append(b99 / i99)
+            print(f"| {window + 1} | {i50:.1f} | {i99:.1f} | {b50:.1f} | {b99:.1f} | {b99 / i99:.2f} | "
+                  f"{slow:.0f} of {after[0] - before[0]:.0f} | {errors} |", flush=True)
+        print(f"busy/idle p99 ratio: median {np.median(rows):.2f} (range {min(rows):.2f}–{max(rows):.2f})")
 
 
 async def closed_loop(base: str, job_id: str, concurrency: int, seconds: float) -> tuple[list[float], int]:
@@ -88,8 +146,16 @@ async def closed_loop(base: str, job_id: str, concurrency: int, seconds: float) 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--during-a-job", action="store_true")
+    parser.add_argument("--windows", type=int, default=3)
     args = parser.parse_args()
+    if args.during_a_job:
+        print("| window | idle p50 ms | idle p99 ms | during a job p50 ms | during a job p99 ms | p99 ratio "
+              "| over 100 ms inside the server, during the job | errors |\n|---:|---:|---:|---:|---:|---:|---:|---:|")
+        polls_during_a_job(args.windows, args.seconds or 15)
+        return
+    args.seconds = args.seconds or 60
     import redis
     from sqlalchemy import create_engine, text
 

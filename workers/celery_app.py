@@ -73,13 +73,15 @@ def confine_job_process() -> None:
     confined child does (``workers.executor``), and inherits these limits — what a hostile model can take from
     the machine. CPU time: the job time limit times the cores. Address space: ``TENSORPRESS_JOB_MEMORY_BYTES``
     (default 80% of RAM) — not on GPU machines, where CUDA reserves far more address space than it uses. No
-    core dumps. The settings are read (and cached) before the environment, which holds credentials, is
-    emptied of TensorPress's variables: nothing the job runs needs them again."""
+    core dumps. A lower CPU priority (``TENSORPRESS_JOB_NICE``), so that the API and its status polls stay
+    responsive on a machine a job keeps busy. The settings are read (and cached) before the environment, which
+    holds credentials, is emptied of TensorPress's variables: nothing the job runs needs them again."""
     settings = get_settings()
     cores = os.cpu_count() or 1
     resource.setrlimit(resource.RLIMIT_CPU, (settings.job_time_limit_s * cores, settings.job_time_limit_s * cores
                                              + 60))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.nice(settings.job_nice)
     if shutil.which("nvidia-smi") is None:
         memory = settings.job_memory_bytes or int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.8)
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))

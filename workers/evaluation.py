@@ -279,8 +279,12 @@ def task_metrics(outputs: list[np.ndarray], labels: np.ndarray | None) -> dict[s
     float targets of the output's size."""
     if labels is None:
         return {}
-    out = outputs[0]
-    labels = labels[: len(out)]
+    metrics = _task_metrics(outputs[0], labels[: len(outputs[0])])
+    # NaN or infinite outputs have no score (an argmax over NaN is not a prediction; an MSE would be NaN)
+    return {name: None for name in metrics} if nonfinite(outputs) else metrics
+
+
+def _task_metrics(out: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     if labels.dtype.kind in "iu" and out.ndim == 2 and labels.ndim == 1:
         predicted = np.argmax(out, axis=1)
         metrics = {"accuracy": round(float(np.mean(predicted == labels)), 6),
@@ -409,12 +413,22 @@ def _proc_status_bytes(field: str) -> int:
     raise OSError(f"{field} not in /proc/self/status")
 
 
+def nonfinite(outputs: list[np.ndarray]) -> int:
+    """How many NaN or infinite values the outputs hold."""
+    return sum(int(np.count_nonzero(~np.isfinite(o))) for o in outputs if o.dtype.kind in "fc")
+
+
 def fidelity(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, float | None]:
-    """How close ``candidate``'s outputs are to ``reference``'s on the same inputs."""
-    max_abs = 0.0
+    """How close ``candidate``'s outputs are to ``reference``'s on the same inputs. Where either holds NaN or
+    infinity every similarity is null (never a perfect score) and ``nonfinite`` counts those values."""
     for ref, out in zip(reference, candidate, strict=True):
         if ref.shape != out.shape:
             raise ValueError(f"output shapes differ: {ref.shape} vs {out.shape}")
+    bad = {"nonfinite": nonfinite(candidate), "nonfinite_reference": nonfinite(reference)}
+    if any(bad.values()):
+        return {"cosine": None, "cosine_min": None, "max_abs_error": None, "top1_agreement": None, **bad}
+    max_abs = 0.0
+    for ref, out in zip(reference, candidate, strict=True):
         if ref.size:
             max_abs = max(max_abs, float(np.max(np.abs(ref.astype(np.float64) - out.astype(np.float64)))))
     ref, out = reference[0].astype(np.float64), candidate[0].astype(np.float64)
@@ -527,6 +541,12 @@ def regressions(original: dict[str, Any], result: dict[str, Any], metric: str, b
     ``budget`` (higher is better, except for errors); for ``latency``, p50 more than 10% above the original's
     at any batch size on the same runtime; for ``size``, larger."""
     reasons = []
+    agreement = result.get("fidelity", {})
+    if agreement.get("nonfinite") or agreement.get("nonfinite_reference"):
+        whose = "its" if agreement.get("nonfinite") else "the original's"
+        count = agreement.get("nonfinite") or agreement.get("nonfinite_reference")
+        reasons.append(f"{whose} outputs on the evaluation inputs hold {count} NaN or infinite values: "
+                       "quality cannot be judged")
     loss = metric_loss(original, result, metric)
     if budget is not None and loss is not None and loss > budget:
         before = original_value(original, result, metric)

@@ -2,8 +2,9 @@
 never sent.
 
 - A running job whose lease expired (its worker died or hung) is queued again and re-sent, or failed with the
-  reason once it has used all its attempts. The conditional update names the old fencing token, so when
-  several workers recover at once only one wins.
+  reason once it has used all its attempts. One whose cancel was pending ends ``cancelled``, and one that ran
+  past its own ``time_limit_s`` ends ``failed`` for its time limit: neither is ever run again. The conditional
+  update names the old fencing token, so when several workers recover at once only one wins.
 - A queued job whose task was never sent (the broker was down when it was submitted: ``enqueued_at`` is null)
   is sent; one sent more than ``TENSORPRESS_RESEND_AFTER_S`` ago while its broker queue is empty (the broker
   lost the message: Redis restarted without persistence, a queue was purged) is sent again. A duplicate
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 
@@ -40,7 +41,7 @@ UNSENT_GRACE_S = 5
 
 def recover_once() -> dict[str, int]:
     now = utcnow()
-    counts = {"requeued": 0, "failed": 0, "resent": 0, "lost": 0}
+    counts = {"requeued": 0, "cancelled": 0, "failed": 0, "resent": 0, "lost": 0}
     with session_scope() as session:
         live = worker_registry.live(session)
         for queue in QUEUES:
@@ -54,26 +55,19 @@ def recover_once() -> dict[str, int]:
             Job.state == "queued", Job.enqueued_at.is_(None),
             Job.created_at < now - timedelta(seconds=UNSENT_GRACE_S)))]
     for job in expired:
-        retry = job.attempt < job.max_attempts
-        values = ({"state": "queued", "enqueued_at": None, "lease_owner": None, "lease_expires_at": None}
-                  if retry else
-                  {"state": "failed", "finished_at": now, "lease_expires_at": None, "error": {
-                      "type": "https://tensorpress.dev/problems/worker-lost", "title": "Worker lost",
-                      "status": 500, "step": job.current_step,
-                      "detail": f"the worker running attempt {job.attempt} of {job.max_attempts} stopped "
-                                f"renewing its lease ({job.lease_owner}); no attempts left"}})
+        outcome, values, message = _after_lost_lease(job, now)
         with session_scope() as session:
             taken = session.execute(update(Job).where(Job.id == job.id, Job.lease_token == job.lease_token,
                                                       Job.state == "running", Job.lease_expires_at < now)
                                     .values(**values)).rowcount == 1
             if taken:
                 jobs.add_log(session, job.id, f"lease of {job.lease_owner} expired during attempt {job.attempt}; "
-                             + ("queued again" if retry else "failing the job: no attempts left"), "warning")
-                if not retry:
-                    webhooks.record_by_id(session, job.id, "failed")
+                             + message, "warning")
+                if outcome != "requeued":
+                    webhooks.record_by_id(session, job.id, values["state"])
         if taken:
-            counts["requeued" if retry else "failed"] += 1
-            if retry:
+            counts[outcome] += 1
+            if outcome == "requeued":
                 unsent.append((job.id, job.queue))
     for job_id, queue in unsent:
         try:
@@ -93,6 +87,32 @@ def recover_once() -> dict[str, int]:
     counts["webhooks"] = webhooks.deliver_due()
     counts["expired"] = expire(now)
     return counts
+
+
+def _after_lost_lease(job: Job, now) -> tuple[str, dict, str]:
+    """What becomes of a running job whose worker stopped renewing its lease: (count key, new column values,
+    log message). A pending cancel and the job's own time limit are honoured before any retry."""
+    limit = min(job.time_limit_s or get_settings().job_time_limit_s, get_settings().job_time_limit_s)
+    began = [datetime.fromisoformat(step["started_at"]) for step in job.steps if step.get("started_at")]
+    ran_s = (now - min(began)).total_seconds() if began else 0.0  # this attempt's steps (each attempt resets them)
+    ended = {"finished_at": now, "lease_expires_at": None}
+    if job.cancel_requested:
+        return "cancelled", {**ended, "state": "cancelled"}, "cancelled as requested"
+    if ran_s > limit:
+        return "failed", {**ended, "state": "failed", "error": {
+            "type": "https://tensorpress.dev/problems/job-failed", "title": "Job failed", "status": 500,
+            "step": job.current_step, "exception": "TimeLimitExceeded",
+            "detail": f"the job ran past its time limit of {limit} s ({ran_s:.0f} s) and its worker stopped "
+                      f"renewing its lease ({job.lease_owner}); it is not run again"}}, \
+            "failing the job: past its time limit"
+    if job.attempt < job.max_attempts:
+        return "requeued", {"state": "queued", "enqueued_at": None, "lease_owner": None,
+                            "lease_expires_at": None}, "queued again"
+    return "failed", {**ended, "state": "failed", "error": {
+        "type": "https://tensorpress.dev/problems/worker-lost", "title": "Worker lost", "status": 500,
+        "step": job.current_step,
+        "detail": f"the worker running attempt {job.attempt} of {job.max_attempts} stopped renewing its lease "
+                  f"({job.lease_owner}); no attempts left"}}, "failing the job: no attempts left"
 
 
 def expire(now) -> int:

@@ -21,8 +21,13 @@ T = TypeVar("T")
 
 
 def make_engine(url: str) -> Engine:
+    """An engine whose pool holds ``TENSORPRESS_DB_POOL_SIZE`` connections, plus ``TENSORPRESS_DB_MAX_OVERFLOW``
+    when busy — on SQLite too (left alone, SQLAlchemy gives a file database 5 + 10, fewer than the API's 40
+    threads). The defaults cover the API's thread pool: a request never waits for a connection."""
+    settings = get_settings()
+    pool = {"pool_size": settings.db_pool_size, "max_overflow": settings.db_max_overflow}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record) -> None:  # API and worker processes share the file
@@ -33,10 +38,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    # As many connections as the API's thread pool has threads (40): a request never waits for one.
-    settings = get_settings()
-    return create_engine(url, pool_pre_ping=True, pool_size=settings.db_pool_size,
-                         max_overflow=settings.db_max_overflow)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 @lru_cache

@@ -58,6 +58,10 @@ class Unauthorized(TensorPressError):
     status, title = 401, "Unauthorized"
 
 
+class Forbidden(TensorPressError):
+    status, title = 403, "Forbidden"
+
+
 class NotFound(TensorPressError):
     status, title = 404, "Not found"
 
@@ -70,12 +74,20 @@ class PreconditionFailed(TensorPressError):
     status, title = 412, "Precondition failed"
 
 
+class RequestTimeout(TensorPressError):
+    status, title = 408, "Request timeout"
+
+
 class PayloadTooLarge(TensorPressError):
     status, title = 413, "Payload too large"
 
 
 class TooManyRequests(TensorPressError):
     status, title = 429, "Too many requests"
+
+
+class HeadersTooLarge(TensorPressError):
+    status, title = 431, "Request header fields too large"
 
 
 class UnsupportedMediaType(TensorPressError):

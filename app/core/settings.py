@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(default=2 << 30, gt=0, description="Largest dataset upload (workers load "
                                    "datasets into memory).")
     max_json_bytes: int = Field(default=1 << 20, gt=0, description="Largest JSON request body.")
+    max_header_bytes: int = Field(default=16 << 10, ge=1024, description="Largest request head (all header "
+                                  "lines together); past it, 431.")
+    body_idle_timeout_s: float = Field(default=60.0, gt=0, description="A request body that sends nothing for "
+                                       "this long is dropped with 408 (its staging file removed).")
     max_steps: int = Field(default=32, ge=1, description="Most steps in one recipe.")
     max_active_jobs: int = Field(default=16, ge=1, description="Queued and running jobs per tenant; a job past "
                                  "it is refused with 429 and Retry-After.")
@@ -74,6 +78,8 @@ class Settings(BaseSettings):
     job_time_limit_s: int = Field(default=6 * 3600, gt=0, description="Hard limit for one job attempt.")
     job_memory_bytes: int = Field(default=0, ge=0, description="Address-space limit of a job's process on CPU "
                                   "machines; 0 = 80% of RAM (none on GPU machines).")
+    job_nice: int = Field(default=10, ge=0, le=19, description="Niceness added to job processes, so the API "
+                          "and status polls stay responsive while jobs compute.")
     lease_s: int = Field(default=60, ge=2, description="Job lease; a worker renews it every third of this.")
     max_attempts: int = Field(default=3, ge=1, description="Deliveries of a job before it fails for good.")
     inspect_memory_bytes: int = Field(
@@ -99,7 +105,11 @@ class Settings(BaseSettings):
     )
     log_format: Literal["text", "json"] = Field(default="text", description="Process logs: text, or a JSON object "
                                                 "per line (with job_id while a job runs).")
-    events_poll_s: float = Field(default=0.5, gt=0, description="How often a job's event stream checks the job.")
+    events_poll_s: float = Field(default=0.5, gt=0, description="How often the event streams' one poller reads "
+                                 "the jobs they follow.")
+    events_max_per_tenant: int = Field(default=32, ge=1, description="Open event streams per tenant (API "
+                                       "process); past it, 429 with Retry-After.")
+    events_max_total: int = Field(default=256, ge=1, description="Open event streams in all (API process).")
     bench_threads: int = Field(default=2, ge=1, description="Intra-op threads used when measuring latency.")
     bench_iterations: int = Field(default=100, ge=5, description="Fewest timed runs per batch size when measuring.")
     bench_min_time_s: float = Field(

@@ -6,6 +6,8 @@ revoked key is a 401. Each resource belongs to a tenant; repositories filter by 
 tenant, or ``None`` (every tenant) for an admin key. Creations always belong to the caller's own tenant, and
 ids inside request bodies resolve in it, so another tenant's id answers exactly like a missing one.
 
+The operators' routes (``/metrics``, ``/v1/workers``) need an admin key when auth is required (403 without).
+
 Requests per key are limited by a token bucket (``TENSORPRESS_RATE_LIMIT_PER_MINUTE``, the bucket holding a
 minute's worth): past it, 429 with ``Retry-After``. The buckets live in the API process: with several API
 processes each one applies the limit on its own.
@@ -22,7 +24,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from app.core.db import SessionDep
-from app.core.errors import TooManyRequests, Unauthorized
+from app.core.errors import Forbidden, TooManyRequests, Unauthorized
 from app.core.settings import get_settings
 
 LOCAL_TENANT = "local"
@@ -94,6 +96,14 @@ def current_caller(request: Request, session: SessionDep) -> Caller:
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]
+
+
+def require_admin(caller: CallerDep) -> Caller:
+    """Dependency of the operators' routes (``/metrics``, ``/v1/workers``): every tenant's job counts and the
+    workers' host names are not a tenant's to read when auth is required."""
+    if get_settings().auth != "disabled" and not caller.admin:
+        raise Forbidden("this route needs an admin key (tensorpress keys create --admin)")
+    return caller
 
 
 def _tenant(caller: CallerDep) -> str:

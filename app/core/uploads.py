@@ -11,7 +11,7 @@ import re
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from app.core.errors import BadRequest, PayloadTooLarge, ValidationFailed
+from app.core.errors import BadRequest, PayloadTooLarge, TensorPressError, ValidationFailed
 from app.core.metrics import UPLOAD_BYTES
 from app.core.storage import StagedFile, Store
 
@@ -110,7 +110,7 @@ async def _receive_multipart(request: Request, staged: StagedFile, boundary: byt
         async for chunk in request.stream():
             parser.write(chunk)
         parser.finalize()
-    except (BadRequest, PayloadTooLarge):
+    except TensorPressError:
         raise
     except Exception as exc:
         raise BadRequest(f"malformed multipart body: {exc}") from exc

@@ -1,9 +1,13 @@
-"""Read what an ``.npz`` holds from its ``.npy`` headers alone: names, dtypes, shapes. Never unpickles:
-object arrays (the only kind that needs pickle) are refused, as ``np.load(allow_pickle=False)`` would."""
+"""Read what an ``.npz`` holds from its ``.npy`` headers: names, dtypes, shapes; the values of floating arrays
+are scanned once, a chunk at a time, for NaN and infinity (a metric over them would be meaningless). Never
+unpickles: object arrays (the only kind that needs pickle) are refused, as ``np.load(allow_pickle=False)``
+would."""
 
 from __future__ import annotations
 
+import math
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,8 @@ from numpy.lib import format as npy
 
 from app.core.archives import ArchiveLimits, ArchiveRefused, safe_members
 from app.core.errors import BadRequest, UnprocessableUpload, UnsupportedMediaType
+
+CHUNK = 1 << 20
 
 
 def read_arrays(path: Path, limits: ArchiveLimits) -> tuple[list[dict[str, Any]], int]:
@@ -41,13 +47,12 @@ def read_arrays(path: Path, limits: ArchiveLimits) -> tuple[list[dict[str, Any]]
                                        else npy.read_array_header_2_0(fh))
                 except (ValueError, zipfile.BadZipFile) as exc:
                     raise UnprocessableUpload(f"array {name!r} has an invalid .npy header: {exc}") from exc
-            if dtype.hasobject:
-                raise UnprocessableUpload(f"array {name!r} holds Python objects, which would need unpickling; "
-                                          "use numeric arrays")
-            if not shape:
-                raise UnprocessableUpload(f"array {name!r} is a scalar; every array needs a sample axis first")
-            if int(np.prod(shape)) * dtype.itemsize > info.file_size:
-                raise UnprocessableUpload(f"array {name!r} is truncated")
+                _check_array(name, shape, dtype, info.file_size - fh.tell())
+                try:
+                    if dtype.kind in "fc":
+                        _check_finite(name, fh, dtype)
+                except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                    raise UnprocessableUpload(f"array {name!r} is corrupt: {exc}") from exc
             arrays.append({"name": name, "dtype": np.dtype(dtype).name, "shape": list(shape)})
     if not arrays:
         raise UnprocessableUpload("the .npz holds no arrays")
@@ -55,7 +60,29 @@ def read_arrays(path: Path, limits: ArchiveLimits) -> tuple[list[dict[str, Any]]
     if len(counts) != 1:
         raise UnprocessableUpload("arrays disagree on the number of samples (first dimension): "
                                   + ", ".join(f"{a['name']}={a['shape'][0]}" for a in arrays))
-    samples = counts.pop()
-    if samples == 0:
-        raise UnprocessableUpload("the dataset has no samples")
-    return arrays, samples
+    return arrays, counts.pop()
+
+
+def _check_array(name: str, shape: tuple[int, ...], dtype: np.dtype, data_bytes: int) -> None:
+    if dtype.hasobject:
+        raise UnprocessableUpload(f"array {name!r} holds Python objects, which would need unpickling; "
+                                  "use numeric arrays")
+    if not shape:
+        raise UnprocessableUpload(f"array {name!r} is a scalar; every array needs a sample axis first")
+    if 0 in shape:
+        raise UnprocessableUpload(f"array {name!r} has shape {list(shape)}: an empty axis holds no samples")
+    if math.prod(shape) * dtype.itemsize > data_bytes:  # Python integers: a claimed shape cannot overflow
+        raise UnprocessableUpload(f"array {name!r} is truncated: shape {list(shape)} needs "
+                                  f"{math.prod(shape) * dtype.itemsize} bytes, it holds {data_bytes}")
+
+
+def _check_finite(name: str, fh, dtype: np.dtype) -> None:
+    step = CHUNK - CHUNK % dtype.itemsize
+    index = 0
+    while chunk := fh.read(step):
+        values = np.frombuffer(chunk[: len(chunk) - len(chunk) % dtype.itemsize], dtype=dtype)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise UnprocessableUpload(f"array {name!r} holds NaN or infinity (element {index + int(bad[0])} "
+                                      "in storage order); clean the data before uploading")
+        index += values.size

@@ -10,6 +10,7 @@ from app.core.archives import ArchiveLimits
 from app.core.db import on_commit
 from app.core.errors import Conflict, NotFound
 from app.core.pagination import Page
+from app.core.quotas import claim_storage
 from app.core.settings import get_settings
 from app.core.storage import StagedFile, Store
 from app.datasets import repository
@@ -32,6 +33,7 @@ def create(session: Session, store: Store, tenant: str, name: str, staged: Stage
         staged.discard()
         raise
     on_commit(session, None, rollback=lambda: store.delete_prefix(f"datasets/{dataset_id}"))
+    claim_storage(session, tenant, staged.size)
     return repository.add(session, Dataset(id=dataset_id, tenant=tenant, name=name, size_bytes=staged.size,
                                            sha256=staged.sha256, storage_key=key, arrays=arrays, samples=samples))
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -11,14 +11,16 @@ from app.core.errors import ServiceUnavailable
 from app.core.metrics import REGISTRY
 from app.core.queue import QUEUES, check_broker
 from app.core.storage import get_store
+from app.core.tenancy import require_admin
 from app.worker_registry import service as worker_registry
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(require_admin)])
 def metrics():
-    """Prometheus text format: jobs by state, queue wait, step durations, upload bytes, HTTP latency."""
+    """Prometheus text format: jobs by state, queue wait, step durations, upload bytes, HTTP latency (every
+    tenant's: an admin key when auth is required)."""
     return PlainTextResponse(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 

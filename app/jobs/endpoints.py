@@ -74,10 +74,13 @@ def cancel_job(job_id: str, session: SessionDep, scope: ScopeDep):
 @router.get("/{job_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}, "description": "state, step, progress, "
                                                                                 "metrics events, then done"}})
-def job_events(job_id: str, request: Request, session: SessionDep, scope: ScopeDep):
-    """Follow a job as server-sent events; the stream ends with a `done` event carrying the final job."""
+def job_events(job_id: str, request: Request, session: SessionDep, scope: ScopeDep, tenant: TenantDep):
+    """Follow a job as server-sent events; the stream ends with a `done` event carrying the final job. Open
+    streams are capped per tenant and in all (429 with Retry-After beyond)."""
     service.get(session, scope, job_id)
-    return StreamingResponse(events.stream(scope, job_id, request), media_type="text/event-stream",
+    hub = request.app.state.events
+    return StreamingResponse(events.stream(hub, hub.subscribe(job_id, tenant), request),
+                             media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 

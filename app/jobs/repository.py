@@ -19,6 +19,11 @@ def get(session: Session, tenant: str | None, job_id: str) -> Job | None:
     return session.scalar(select(Job).where(Job.id == job_id, *owned(Job, tenant)))
 
 
+def get_many(session: Session, job_ids: list[str]) -> list[Job]:
+    """These jobs, whoever owns them (the caller was checked when it asked to follow them)."""
+    return list(session.scalars(select(Job).where(Job.id.in_(job_ids)))) if job_ids else []
+
+
 def list_page(session: Session, tenant: str | None, page: Page, state: str | None) -> tuple[list[Job], str | None]:
     stmt = select(Job).where(*owned(Job, tenant))
     if state:
@@ -66,15 +71,16 @@ def add_log(session: Session, job_id: str, message: str, level: str = "info") ->
 # --- the worker side: claiming and fenced writes -------------------------------------------------------
 
 def claim(session: Session, job_id: str, owner: str, expires_at: datetime) -> int | None:
-    """Take a queued job (or one whose lease expired) for ``owner``; returns the new fencing token."""
+    """Take a queued job for ``owner``; returns the new fencing token. A running job whose lease expired is
+    not taken here, even when its task is delivered again: recovery (:mod:`workers.recovery`) decides what
+    becomes of it (queued again, or ended for its cancel, its time limit or its last attempt) and logs why."""
     now = utcnow()
     job = session.get(Job, job_id)
     if job is None:
         return None
-    claimable = (Job.state == "queued") | ((Job.state == "running") & (Job.lease_expires_at < now))
     token = job.lease_token + 1
     result = session.execute(
-        update(Job).where(Job.id == job_id, Job.lease_token == job.lease_token, claimable)
+        update(Job).where(Job.id == job_id, Job.lease_token == job.lease_token, Job.state == "queued")
         .values(state="running", lease_owner=owner, lease_token=token, lease_expires_at=expires_at,
                 attempt=Job.attempt + 1, started_at=job.started_at or now, waiting_reason=None))
     return token if result.rowcount == 1 else None

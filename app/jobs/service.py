@@ -271,9 +271,9 @@ def _step(index: int, spec, params: dict[str, Any], produces: str, reason: str |
 
 
 def create(session: Session, tenant: str, payload: JobCreate) -> Job:
-    check_active_jobs(session, tenant)
     resolved = plan(session, tenant, payload)
     steps = _job_steps(resolved["steps"])
+    check_active_jobs(session, tenant)
     job = repository.add(session, Job(
         tenant=tenant, model_id=resolved["model_id"], source_artifact_id=payload.artifact_id, steps=steps,
         alternatives=[_job_steps(a["steps"]) for a in resolved["alternatives"]], goal=resolved["goal"],

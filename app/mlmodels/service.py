@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from app.core.db import on_commit
 from app.core.errors import Conflict, NotFound
 from app.core.pagination import Page
+from app.core.quotas import claim_storage
 from app.core.storage import StagedFile, Store
 from app.mlmodels import repository
 from app.mlmodels.inspection import inspect_model
@@ -32,6 +33,7 @@ def create(session: Session, store: Store, tenant: str, name: str, staged: Stage
         staged.discard()
         raise
     on_commit(session, None, rollback=lambda: store.delete_prefix(f"models/{model_id}"))
+    claim_storage(session, tenant, staged.size)
     return repository.add(session, Model(
         id=model_id, tenant=tenant, name=name, format=info["format"], size_bytes=staged.size,
         sha256=staged.sha256, storage_key=key, inputs=info["inputs"], outputs=info["outputs"],

@@ -7,8 +7,9 @@ from app.models.dataset import Dataset
 from app.models.idempotency import IdempotencyKey
 from app.models.job import Job, JobLog
 from app.models.model import Model
+from app.models.quota_lock import QuotaLock
 from app.models.webhook import Webhook, WebhookDelivery
 from app.models.worker import Worker
 
-__all__ = ["ApiKey", "Artifact", "Base", "Dataset", "IdempotencyKey", "Job", "JobLog", "Model", "Webhook",
-           "WebhookDelivery", "Worker"]
+__all__ = ["ApiKey", "Artifact", "Base", "Dataset", "IdempotencyKey", "Job", "JobLog", "Model", "QuotaLock",
+           "Webhook", "WebhookDelivery", "Worker"]

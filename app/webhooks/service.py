@@ -11,9 +11,11 @@ a tenant's endpoints and to a job's own ``webhook.url``, signed as Standard Webh
   seconds) and ``webhook-signature`` (``v1,`` + base64 HMAC-SHA256 of ``id.timestamp.body`` keyed with the
   base64 part of the endpoint's ``whsec_…`` secret, shown once when the endpoint is made).
 - **Where to**: http(s) only; the host is resolved and every address must be public (not private, loopback,
-  link-local, multicast or reserved) unless ``TENSORPRESS_WEBHOOK_ALLOW_PRIVATE`` — checked when the endpoint is
-  given and again at each delivery, which then connects to the address it checked (the name goes in ``Host``
-  and TLS SNI), so a DNS answer that changes in between cannot redirect it. Redirects are not followed.
+  link-local, multicast or reserved), and so must every IPv4 address an IPv6 one embeds (mapped, compatible,
+  6to4, Teredo, NAT64: a gateway would take ``64:ff9b::7f00:1`` to 127.0.0.1) unless
+  ``TENSORPRESS_WEBHOOK_ALLOW_PRIVATE`` — checked when the endpoint is given and again at each delivery, which
+  then connects to the address it checked (the name goes in ``Host`` and TLS SNI), so a DNS answer that changes
+  in between cannot redirect it. Redirects are not followed.
 - **Thin payloads**: ids, state and links; the receiver fetches what it needs with its API key.
 """
 
@@ -81,10 +83,24 @@ def resolve_public(url: str) -> tuple[str, str, int, list[str]]:
     if not get_settings().webhook_allow_private:
         for address in addresses:
             ip = ipaddress.ip_address(address.split("%")[0])
-            if not ip.is_global or ip.is_multicast:
+            if any(not each.is_global or each.is_multicast for each in (ip, *embedded_ipv4(ip))):
                 raise UnsafeUrl(f"{parts.hostname} resolves to {address}, a private, loopback, link-local or "
                                 "reserved address (TENSORPRESS_WEBHOOK_ALLOW_PRIVATE allows it)")
     return parts.scheme, parts.hostname, port, addresses
+
+
+NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))  # RFC 6052, RFC 8215
+COMPATIBLE = ipaddress.ip_network("::/96")  # ::a.b.c.d, deprecated IPv4-compatible addresses
+
+
+def embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries, which a translator or tunnel may deliver to."""
+    if ip.version == 4:
+        return []
+    found = [ip.ipv4_mapped, ip.sixtofour, *(ip.teredo or ())]
+    if any(ip in net for net in (*NAT64, COMPATIBLE)):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return [each for each in found if each is not None]
 
 
 def record(session: Session, job: Job, state: str) -> None:

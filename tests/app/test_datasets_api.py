@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import io
+import zipfile
 
 import numpy as np
+from numpy.lib import format as npy
 
 from tests.app.test_jobs_api import submit
 from tests.app.test_models_api import OCTET, assert_problem, stored_files
@@ -38,9 +40,23 @@ def test_upload_reads_the_arrays_from_their_headers(client, env):
     assert len(stored_files(env)) == 1
 
 
+def claimed_shape(shape: tuple[int, ...]) -> bytes:
+    """An .npz whose one .npy header claims ``shape`` of float32 but holds no data."""
+    header = io.BytesIO()
+    npy.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("x.npy", header.getvalue())
+    return buffer.getvalue()
+
+
 def test_bad_datasets_are_refused_and_leave_nothing(client, env):
     objects = io.BytesIO()
     np.savez(objects, x=np.array([{"a": 1}, None], dtype=object))
+    nan, inf = np.ones((4, 3), np.float32), np.ones((4, 3), np.float64)
+    nan[2, 1], inf[3, 2] = np.nan, -np.inf
+    compressed = io.BytesIO()
+    np.savez_compressed(compressed, x=nan)
     cases = [
         (b"", 400, "empty"),
         (b"x,y\n1,2\n", 415, ".npz"),
@@ -48,6 +64,12 @@ def test_bad_datasets_are_refused_and_leave_nothing(client, env):
         (npz_bytes(x=np.zeros((3, 2)), labels=np.zeros(4)), 422, "disagree"),
         (npz_bytes(x=np.float32(3.0)), 422, "scalar"),
         (mlp_data()[:200], 422, ""),
+        (claimed_shape((2**62, 4)), 422, "truncated"),  # 2**64 bytes: the product overflowed int64 before
+        (npz_bytes(x=np.zeros((3, 0), np.float32)), 422, "empty axis"),
+        (npz_bytes(x=np.zeros((0, 3), np.float32)), 422, "empty axis"),
+        (npz_bytes(x=nan), 422, "NaN or infinity (element 7 "),
+        (npz_bytes(x=np.zeros((4, 3), np.float32), labels=inf), 422, "'labels' holds NaN or infinity"),
+        (compressed.getvalue(), 422, "NaN or infinity"),
     ]
     for body, status, message in cases:
         problem = assert_problem(upload(client, body), status)

@@ -92,3 +92,64 @@ def test_the_storage_quota_counts_models_datasets_and_artifacts(client, limits, 
     detail = assert_problem(response, 413)["detail"]
     assert "TENSORPRESS_MAX_STORED_BYTES" in detail and "1000 bytes left" in detail
     assert model_rows() == 1 and len(stored_files(env)) == 1
+
+
+def raw_request(live_url: str, head: bytes, body: bytes = b"") -> tuple[int, dict]:
+    """Send ``head`` and ``body`` on a fresh connection and keep it open; the answer's status and problem."""
+    import json
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(live_url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=120) as conn:
+        conn.sendall(head + b"\r\n\r\n" + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < int(
+                answer.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0]):
+            chunk = conn.recv(65536)
+            assert chunk, answer
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    headers, _, payload = rest.partition(b"\r\n\r\n")
+    assert b"content-type: application/problem+json" in headers.lower()
+    return int(status_line.split()[1]), json.loads(payload)
+
+
+def test_request_heads_past_the_limit_get_431(live_url, limits):
+    limits(max_header_bytes=4096)
+    status, problem = raw_request(live_url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8000)
+    assert status == 431 and "TENSORPRESS_MAX_HEADER_BYTES" in problem["detail"]
+    status, _ = raw_request(live_url, b"GET /v1/models?" + b"q" * 8000 + b" HTTP/1.1\r\nHost: x")
+    assert status == 431
+
+
+@pytest.mark.parametrize("path", ["/v1/models?name=slow.onnx", "/v1/jobs"])
+def test_a_body_shorter_than_its_length_gets_408_and_leaves_no_staging_file(live_url, limits, env, path):
+    limits(body_idle_timeout_s=1)
+    kind = b"application/octet-stream" if "models" in path else b"application/json"
+    status, problem = raw_request(live_url, b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                                  + kind + b"\r\nContent-Length: 100000", b"\x08" * 1000)
+    assert status == 408 and "TENSORPRESS_BODY_IDLE_TIMEOUT_S" in problem["detail"]
+    staging = env / "artifacts" / ".staging"
+    assert (not staging.exists() or list(staging.iterdir()) == []) and model_rows() == 0
+
+
+def test_concurrent_uploads_and_submissions_never_pass_the_quotas(live_url, limits, env, mlp_bytes):
+    """Six uploads at once with room for two, then six submissions at once with room for two (before: each
+    read the usage when it started, and all six were stored)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    limits(max_stored_bytes=int(2.5 * len(mlp_bytes)), max_active_jobs=2)
+    with httpx.Client(base_url=live_url, timeout=300) as http, ThreadPoolExecutor(6) as pool:
+        uploads = list(pool.map(lambda i: http.post(f"/v1/models?name={i}.onnx", content=mlp_bytes,
+                                                    headers=OCTET), range(6)))
+        assert sorted(r.status_code for r in uploads) == [201, 201, 413, 413, 413, 413]
+        assert all("TENSORPRESS_MAX_STORED_BYTES" in r.json()["detail"] for r in uploads if r.status_code == 413)
+        assert model_rows() == 2 and len(stored_files(env)) == 2
+        model_id = next(r.json()["id"] for r in uploads if r.status_code == 201)
+        jobs = list(pool.map(lambda i: http.post("/v1/jobs", json={
+            "model_id": model_id, "steps": [{"pass": "quantize.dynamic"}]}), range(6)))
+        assert sorted(r.status_code for r in jobs) == [202, 202, 429, 429, 429, 429]
+        assert len(http.get("/v1/jobs").json()["items"]) == 2

@@ -45,6 +45,15 @@ def test_requests_without_a_valid_key_are_refused(client, keys):
     assert_problem(client.get("/v1/models", headers=keys["acme"]), 401)
 
 
+def test_operators_routes_need_an_admin_key(client, keys):
+    for path in ("/metrics", "/v1/workers"):
+        assert_problem(client.get(path), 401)
+        problem = assert_problem(client.get(path, headers=keys["acme"]), 403)
+        assert "admin key" in problem["detail"]
+        assert client.get(path, headers=keys["admin"]).status_code == 200
+    assert client.get("/readyz").status_code in (200, 503)  # probes need no key; they name no tenant or host
+
+
 def test_another_tenants_resources_answer_like_missing_ones(client, keys, mlp_bytes):
     acme, globex = keys["acme"], keys["globex"]
     model = client.post("/v1/models?name=mlp.onnx", content=mlp_bytes, headers={**OCTET, **acme}).json()

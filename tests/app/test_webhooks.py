@@ -96,12 +96,31 @@ def test_job_state_changes_are_signed_and_verify_independently(client, uploaded_
 def test_webhooks_to_private_addresses_are_refused(client, env, uploaded_model):
     for url in ("http://127.0.0.1:9/", "http://localhost/hook", "http://10.1.2.3/", "http://192.168.0.1/",
                 "http://169.254.169.254/latest/meta-data/", "http://[::1]/", "http://0.0.0.0/",
-                "http://user:pw@example.com/"):
+                "http://user:pw@example.com/",
+                # IPv6 forms that embed 127.0.0.1 or 10.0.0.1: NAT64 (well-known and local-use), 6to4,
+                # IPv4-compatible, IPv4-mapped, Teredo (client 127.0.0.1, obfuscated)
+                "http://[64:ff9b::7f00:1]/", "http://[64:ff9b:1::a00:1]/", "http://[2002:7f00:1::1]/",
+                "http://[::127.0.0.1]/", "http://[::ffff:127.0.0.1]/",
+                "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/"):
         assert assert_problem(client.post("/v1/webhooks", json={"url": url}), 422)["errors"][0]["loc"] == ["url"]
         problem = assert_problem(submit(client, uploaded_model["id"], webhook={"url": url}), 422)
         assert problem["errors"][0]["loc"] == ["webhook", "url"]
     assert_problem(client.post("/v1/webhooks", json={"url": "ftp://example.com/"}), 422)
     assert client.get("/v1/webhooks").json()["items"] == [] and client.get("/v1/jobs").json()["items"] == []
+
+
+def test_embedded_ipv4_addresses_are_found_and_public_ones_pass():
+    import ipaddress
+
+    from app.webhooks.service import embedded_ipv4
+
+    def found(address: str) -> list[str]:
+        return [str(ip) for ip in embedded_ipv4(ipaddress.ip_address(address))]
+
+    assert found("64:ff9b::808:808") == ["8.8.8.8"] and found("2002:808:808::") == ["8.8.8.8"]
+    assert found("::ffff:1.2.3.4") == ["1.2.3.4"] and found("1.2.3.4") == []
+    assert found("2606:4700:4700::1111") == []  # an ordinary global IPv6 address embeds nothing
+    assert "127.0.0.1" in found("2001:0:4136:e378:8000:63bf:80ff:fffe")
 
 
 def test_delivery_checks_the_address_again(client, uploaded_model, receiver, monkeypatch):

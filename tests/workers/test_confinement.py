@@ -15,7 +15,7 @@ def _confined(report) -> None:
 
     confine_job_process()
     report.put({"cpu": resource.getrlimit(resource.RLIMIT_CPU), "as": resource.getrlimit(resource.RLIMIT_AS),
-                "core": resource.getrlimit(resource.RLIMIT_CORE),
+                "core": resource.getrlimit(resource.RLIMIT_CORE), "nice": os.nice(0),
                 "env": sorted(n for n in os.environ if n.startswith("TENSORPRESS_"))})
 
 
@@ -26,6 +26,7 @@ def test_a_job_process_gets_cpu_memory_limits_and_loses_the_services_settings(en
     monkeypatch.setenv("TENSORPRESS_JOB_MEMORY_BYTES", str(6 << 30))
     monkeypatch.setenv("TENSORPRESS_JOB_TIME_LIMIT_S", "100")
     get_settings.cache_clear()
+    monkeypatch.setenv("TENSORPRESS_JOB_NICE", "7")
     get_settings()  # the worker's parent has read its settings before it forks
     context = multiprocessing.get_context("fork")
     report = context.Queue()
@@ -35,6 +36,7 @@ def test_a_job_process_gets_cpu_memory_limits_and_loses_the_services_settings(en
     child.join(timeout=30)
     cores = os.cpu_count()
     assert limits["cpu"] == (100 * cores, 100 * cores + 60) and limits["core"] == (0, 0)
+    assert limits["nice"] == os.nice(0) + 7  # below the API's priority
     assert limits["env"] == []  # database URL and the rest are gone from the environment
     if shutil.which("nvidia-smi") is None:
         assert limits["as"] == (6 << 30, 6 << 30)

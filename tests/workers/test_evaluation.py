@@ -97,3 +97,20 @@ def test_peak_memory_sees_a_large_allocation_and_not_a_small_one():
         del block
     assert small.result()["peak_memory_bytes"] < 8 << 20
     assert large.result()["peak_memory_bytes"] >= 60 << 20
+
+
+def test_nan_outputs_get_no_score_and_fail_the_quality_check():
+    reference = [np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1]], np.float32)]
+    broken = [np.array([[np.nan, np.nan, np.nan], [0.8, np.inf, 0.1]], np.float32)]
+    agreement = evaluation.fidelity(reference, broken)
+    assert agreement == {"cosine": None, "cosine_min": None, "max_abs_error": None, "top1_agreement": None,
+                         "nonfinite": 4, "nonfinite_reference": 0}
+    assert task_metrics(broken, np.array([1, 0])) == {"accuracy": None, "f1_macro": None}
+    assert task_metrics([np.full((2, 1), np.nan, np.float32)], np.zeros((2, 1), np.float32)) == {"mse": None,
+                                                                                                "mae": None}
+    result = {**metrics(1.0), "fidelity": agreement}
+    for metric in ("top1_agreement", "cosine", "max_abs_error"):
+        reasons = regressions(metrics(1.0), result, metric, 0.01, "size")
+        assert reasons == ["its outputs on the evaluation inputs hold 4 NaN or infinite values: quality cannot "
+                           "be judged"]
+    assert evaluation.fidelity(reference, reference)["top1_agreement"] == 1.0

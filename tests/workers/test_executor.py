@@ -38,6 +38,7 @@ def test_cancelling_a_job_stuck_in_native_code_kills_its_process(client):
     assert not worker.is_alive(), "the runner did not stop"
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["state"] == "cancelled" and time.monotonic() - asked < 120  # the grace is 10 s
+    assert job["attempt"] == 1
 
 
 @SQLITE
@@ -47,6 +48,7 @@ def test_a_job_stuck_in_native_code_fails_at_its_time_limit(client):
     run(job_id)
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["state"] == "failed" and job["error"]["detail"] == "the job ran past its time limit of 5 s"
+    assert job["attempt"] == 1 and job["error"]["exception"] == "TimeLimitExceeded"
     assert time.monotonic() - started < 120
 
 

@@ -92,17 +92,25 @@ def test_live_lease_makes_a_second_delivery_harmless(client, uploaded_model):
     assert job.state == "running" and job.lease_owner == "other" and job.attempt == 1 and job.artifacts == []
 
 
-def test_expired_lease_is_taken_over_and_the_old_owner_is_fenced(client, uploaded_model):
+def test_a_redelivered_task_leaves_an_expired_lease_to_recovery_and_the_old_owner_is_fenced(client, uploaded_model):
     from app.core.db import session_scope
     from app.jobs import repository
     from app.models.base import utcnow
+    from workers.recovery import recover_once
 
     job_id = submit(client, uploaded_model["id"]).json()["id"]
-    set_job(job_id, state="running", lease_owner="dead", lease_token=1, attempt=1,
+    set_job(job_id, state="running", lease_owner="dead", lease_token=1, attempt=3,
             lease_expires_at=utcnow() - timedelta(seconds=1))
+    run(job_id)  # its last attempt: a redelivery must not start a fourth
+    assert (job_row(job_id).state, job_row(job_id).attempt) == ("running", 3)
+    set_job(job_id, attempt=1)
+    run(job_id)
+    assert job_row(job_id).attempt == 1
+    assert recover_once()["requeued"] == 1
     run(job_id)
     job = job_row(job_id)
     assert job.state == "succeeded" and job.attempt == 2 and job.lease_token == 2
+    assert "lease of dead expired during attempt 1" in client.get(f"/v1/jobs/{job_id}/logs").text
     with session_scope() as session:  # the presumed-dead worker wakes up and tries to write
         assert repository.fenced_update(session, job_id, 1, progress=0.5) is False
     assert job_row(job_id).progress == 1.0

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field
 
 from workers.passes.base import PassContext, PassParams, PassResult, PassSpec, register
+from workers.passes.quantization import reduce_range, reduce_range_field
 
 DEFAULT_OP_TYPES = ("MatMul", "Gemm", "Attention", "LSTM", "Gather", "EmbedLayerNormalization")
 
@@ -28,9 +29,7 @@ class DynamicQuantizeParams(PassParams):
         "Gather, EmbedLayerNormalization. Conv is left float unless named.",
     )
     weight_type: Literal["int8", "uint8"] = Field(default="int8", description="Storage type of the weights.")
-    reduce_range: bool = Field(
-        default=False, description="Quantize weights to 7 bits, for CPUs without VNNI where int8 may overflow."
-    )
+    reduce_range: bool | None = reduce_range_field()
     exclude_nodes: list[str] = Field(default_factory=list, description="Node names to keep in float.")
 
 
@@ -49,12 +48,13 @@ def run(ctx: PassContext, params: DynamicQuantizeParams) -> PassResult:
             ctx.log(f"rewrote {rewritten} constant-weight Gemm node(s) as MatMul+Add so they can be quantized")
             source = ctx.work_dir / "gemm_as_matmul.onnx"
             onnx.save(model, str(source))
+    seven_bits = reduce_range(ctx, params.reduce_range)
     out = ctx.work_dir / "model.int8.onnx"
     quantize_dynamic(
         source,
         out,
         per_channel=params.per_channel,
-        reduce_range=params.reduce_range,
+        reduce_range=seven_bits,
         weight_type=QuantType.QInt8 if params.weight_type == "int8" else QuantType.QUInt8,
         op_types_to_quantize=[t for t in op_types if t != "Gemm"],
         nodes_to_exclude=params.exclude_nodes,
@@ -70,7 +70,8 @@ def run(ctx: PassContext, params: DynamicQuantizeParams) -> PassResult:
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     ctx.log(f"quantized nodes: {counts or 'none'}")
     return PassResult(out, "onnx", metrics={"quantized_nodes": counts},
-                      metadata={"runtime": "onnxruntime", "onnxruntime": onnxruntime.__version__})
+                      metadata={"runtime": "onnxruntime", "onnxruntime": onnxruntime.__version__,
+                                "reduce_range": seven_bits})
 
 
 SPEC = register(

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from workers.passes.base import PassContext, PassParams, PassResult, PassSpec, register
+from workers.passes.quantization import reduce_range, reduce_range_field
 
 
 class StaticQuantizeParams(PassParams):
@@ -44,6 +45,7 @@ class StaticQuantizeParams(PassParams):
     activation_type: Literal["uint8", "int8"] = Field(
         default="uint8", description="Activation type; uint8 with int8 weights is the fast x86 path."
     )
+    reduce_range: bool | None = reduce_range_field()
     calibration_samples: int = Field(default=256, ge=1, le=100_000, description="Samples used to calibrate.")
     calibration_batch_size: int = Field(default=16, ge=1, le=1024, description="Samples per calibration run.")
     preprocess: bool = Field(default=True, description="Run ONNX Runtime's quantization pre-processing first.")
@@ -130,12 +132,13 @@ def run(ctx: PassContext, params: StaticQuantizeParams) -> PassResult:
     named = ctx.work_dir / "named.onnx"
     onnx.save(model, str(named))
     reader = NpzCalibration(ctx, params)
+    seven_bits = reduce_range(ctx, params.reduce_range)
     out = ctx.work_dir / "model.int8.onnx"
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[params.method]
     quantize_static(
         named, out, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=params.op_types,
-        per_channel=params.per_channel, calibrate_method=method, nodes_to_exclude=exclude,
+        per_channel=params.per_channel, reduce_range=seven_bits, calibrate_method=method, nodes_to_exclude=exclude,
         activation_type=QuantType.QUInt8 if params.activation_type == "uint8" else QuantType.QInt8,
         weight_type=QuantType.QInt8,
         extra_options={"CalibPercentile": params.percentile, "WeightSymmetric": True,
@@ -148,7 +151,7 @@ def run(ctx: PassContext, params: StaticQuantizeParams) -> PassResult:
     return PassResult(out, "onnx", metrics={"calibration_samples": reader.samples, "method": params.method,
                                             "dequantize_nodes": dq, "kept_float": len(exclude)},
                       metadata={"runtime": "onnxruntime", "onnxruntime": onnxruntime.__version__,
-                                "quant_format": "QDQ"})
+                                "quant_format": "QDQ", "reduce_range": seven_bits})
 
 
 SPEC = register(
