@@ -122,7 +122,7 @@ def openvino(fp32: Path, work: Path, calibration: Arrays | None = None, transfor
         def run(feeds: Arrays) -> list[np.ndarray]:
             return [np.asarray(compiled([feeds[n] for n in names])[0])]
 
-        from workers.evaluation import ov_precision
+        from workers.runtimes import ov_precision
 
         precision = ov_precision(compiled)
         size = sum(f.stat().st_size for f in folder.iterdir())

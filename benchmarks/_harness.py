@@ -34,7 +34,7 @@ class Entry:
 
 
 def onnx_entry(source: str, label: str, path: Path) -> Entry:
-    from workers.evaluation import OnnxRunner, size_and_parameters
+    from workers.runtimes import OnnxRunner, size_and_parameters
 
     runner = OnnxRunner(path, THREADS)
     return Entry(source, label, runner, size_and_parameters(path, runner)[0])
@@ -42,7 +42,7 @@ def onnx_entry(source: str, label: str, path: Path) -> Entry:
 
 def artifact_entry(label: str, path: Path, fmt: str, names: list[str]) -> Entry:
     """A service artifact, loaded by the service's own runner for its format (``names``: the model's inputs)."""
-    from workers.evaluation import load_runner
+    from workers.runtimes import load_runner
 
     if fmt == "onnx":
         return onnx_entry("service", label, path)

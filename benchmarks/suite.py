@@ -404,7 +404,7 @@ def main() -> None:
     parser.add_argument("--transfer-mib", type=int, default=512)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from workers.evaluation import machine
+    from workers.measure import machine
 
     started = time.perf_counter()
     sections, summary, overheads = [], [], []

@@ -46,14 +46,14 @@ def _send(event: str, **fields: Any) -> None:
 def _measure(request: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
-    from workers import evaluation
+    from workers import measure
 
     with np.load(request["feeds"], allow_pickle=False) as data:
         arrays = dict(data)
     labels = arrays.pop("__labels__", None)
-    metrics, outputs = evaluation.measure(
+    metrics, outputs = measure.measure(
         Path(request["path"]), request["fmt"], request["specs"], request["target"], threads=request["threads"],
-        timing=evaluation.Timing(**request["timing"]), eval_feeds=arrays, labels=labels,
+        timing=measure.Timing(**request["timing"]), eval_feeds=arrays, labels=labels,
         dim_defaults=request["dim_defaults"])
     np.savez(request["outputs"], *outputs)
     return {"metrics": metrics}

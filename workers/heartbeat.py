@@ -15,7 +15,7 @@ from app.core.confinement import probe
 from app.core.db import session_scope
 from app.core.settings import get_settings
 from app.worker_registry import repository
-from workers.evaluation import machine
+from workers.measure import machine
 from workers.passes import REGISTRY
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,8 @@ from app.jobs.service import dispatch
 from app.models import Artifact, Dataset, Job, Model
 from app.models.base import new_id, utcnow
 from app.webhooks import service as webhooks
-from workers import evaluation
+from workers import measure
+from workers import metrics as scoring  # "metrics" names the job's records here
 from workers.executor import Executor
 from workers.formats import PROGRAMS, materialize
 from workers.heartbeat import versions
@@ -256,7 +257,7 @@ class JobRun:
             "evaluation": job.evaluation, "target": job.target,
             "measuring": [self.settings.bench_threads, self.settings.bench_iterations, self.settings.bench_min_time_s],
             "toolchain": versions(), "python": platform.python_version(),
-            "machine": evaluation.gpu_name() if device == "cuda" else evaluation.machine()["cpu"],
+            "machine": measure.gpu_name() if device == "cuda" else measure.machine()["cpu"],
         }
         return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -385,7 +386,7 @@ class JobRun:
         for reason in entry["regressions"]:
             self.log(f"regression: {reason}", level="warning")
         metrics = {"original": base.original, "result": result, "metric": entry["metric"], "candidates": tried,
-                   "metric_original": evaluation.original_value(base.original, result, entry["metric"])}
+                   "metric_original": scoring.original_value(base.original, result, entry["metric"])}
         self._finish("succeeded", steps, metrics=metrics, progress=1.0, regressed=bool(entry["regressions"]),
                      regressions=entry["regressions"])
 
@@ -400,16 +401,16 @@ class JobRun:
             path, fmt = self._run_step(step, steps, path, fmt, f"candidate{number}-step{step['index']}", base.target)
         self.current = None
         result, outputs = self._measure(path, fmt, base.target, base.eval_feeds, base.labels)
-        result["fidelity"] = {**evaluation.fidelity(base.reference, outputs), "inputs": base.inputs}
-        metric = evaluation.budget_metric(self.evaluation.get("metric"), result, base.labels)
+        result["fidelity"] = {**scoring.fidelity(base.reference, outputs), "inputs": base.inputs}
+        metric = scoring.budget_metric(self.evaluation.get("metric"), result, base.labels)
         budget, objective = self.evaluation.get("max_accuracy_drop"), base.target["objective"]
-        regressions = evaluation.regressions(base.original, result, metric, budget, objective)
-        score = evaluation.objective_score(base.original, result, objective)
+        regressions = scoring.regressions(base.original, result, metric, budget, objective)
+        score = scoring.objective_score(base.original, result, objective)
         entry = {"candidate": number, "steps": [s["pass"] for s in candidate], "status": "measured",
                  "artifact_id": candidate[-1]["metrics"]["artifact_id"], "size_bytes": result["size_bytes"],
                  "latency_p50_ms": {batch: stats["p50"] for batch, stats in result["latency_ms"].items()},
-                 "metric": metric, "value": evaluation.metric_value(result, metric),
-                 "loss": evaluation.metric_loss(base.original, result, metric), "score": score,
+                 "metric": metric, "value": scoring.metric_value(result, metric),
+                 "loss": scoring.metric_loss(base.original, result, metric), "score": score,
                  "regressions": regressions}
         return result, entry
 
@@ -498,7 +499,7 @@ class JobRun:
                             "artifact_id": best[0]["artifact_id"] if best else None}}
         if best:
             metrics.update(result=best[1], metric=best[0]["metric"],
-                           metric_original=evaluation.original_value(base.original, best[1], best[0]["metric"]))
+                           metric_original=scoring.original_value(base.original, best[1], best[0]["metric"]))
         return metrics
 
     def _settle(self, steps: list[dict], tried: list[dict], best: tuple[dict, dict] | None, base: Baseline,
@@ -537,10 +538,10 @@ class JobRun:
         """Inputs (and labels) that original and result are compared on: the evaluation dataset, or
         generated inputs when the job has none."""
         if "evaluation" in self.datasets:
-            feeds, labels = evaluation.load_dataset(self.datasets["evaluation"], limit=EVAL_SAMPLES)
+            feeds, labels = measure.load_dataset(self.datasets["evaluation"], limit=EVAL_SAMPLES)
             return feeds, labels, f"evaluation dataset ({len(next(iter(feeds.values())))} samples)"
         batch = max(target["batch_sizes"])
-        feeds = evaluation.generate_inputs(self.model["inputs"], batch, target.get("inputs", {}), seed=1,
+        feeds = measure.generate_inputs(self.model["inputs"], batch, target.get("inputs", {}), seed=1,
                                            dim_defaults=self.model["dim_defaults"])
         return feeds, None, "generated"
 

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-PRELOAD = ("numpy", "onnx", "torch", "pydantic", "workers.passes", "workers.evaluation", "workers.confined")
+PRELOAD = ("numpy", "onnx", "torch", "pydantic", "workers.passes", "workers.measure", "workers.confined")
 
 
 class Forked:

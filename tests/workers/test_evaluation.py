@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers import evaluation
-from workers.evaluation import Timing, budget_metric, latency, regressions, task_metrics
+from workers import measure
+from workers.measure import Timing, latency
+from workers.metrics import budget_metric, fidelity, regressions, task_metrics
 
 
 class Clock:
@@ -90,9 +91,9 @@ def test_accuracy_budgets_know_which_way_is_better():
 
 
 def test_peak_memory_sees_a_large_allocation_and_not_a_small_one():
-    with evaluation.PeakMemory(cuda=False) as small:
+    with measure.PeakMemory(cuda=False) as small:
         np.ones(1000)
-    with evaluation.PeakMemory(cuda=False) as large:
+    with measure.PeakMemory(cuda=False) as large:
         block = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB, touched
         del block
     assert small.result()["peak_memory_bytes"] < 8 << 20
@@ -102,7 +103,7 @@ def test_peak_memory_sees_a_large_allocation_and_not_a_small_one():
 def test_nan_outputs_get_no_score_and_fail_the_quality_check():
     reference = [np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1]], np.float32)]
     broken = [np.array([[np.nan, np.nan, np.nan], [0.8, np.inf, 0.1]], np.float32)]
-    agreement = evaluation.fidelity(reference, broken)
+    agreement = fidelity(reference, broken)
     assert agreement == {"cosine": None, "cosine_min": None, "max_abs_error": None, "top1_agreement": None,
                          "nonfinite": 4, "nonfinite_reference": 0}
     assert task_metrics(broken, np.array([1, 0])) == {"accuracy": None, "f1_macro": None}
@@ -113,4 +114,4 @@ def test_nan_outputs_get_no_score_and_fail_the_quality_check():
         reasons = regressions(metrics(1.0), result, metric, 0.01, "size")
         assert reasons == ["its outputs on the evaluation inputs hold 4 NaN or infinite values: quality cannot "
                            "be judged"]
-    assert evaluation.fidelity(reference, reference)["top1_agreement"] == 1.0
+    assert fidelity(reference, reference)["top1_agreement"] == 1.0

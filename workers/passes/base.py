@@ -62,13 +62,13 @@ class PassContext:
 
     def example_inputs(self, batch: int) -> dict[str, Any]:
         """Generated inputs (numpy arrays by input name) for ``batch`` samples, following ``target.inputs``."""
-        from workers.evaluation import generate_inputs
+        from workers.measure import generate_inputs
 
         return generate_inputs(self.inputs, batch, self.target.get("inputs", {}), dim_defaults=self.dim_defaults)
 
     def dataset_inputs(self, role: str, limit: int | None = None) -> dict[str, Any]:
         """The arrays of the ``role`` dataset that feed the model's inputs, at most ``limit`` samples."""
-        from workers.evaluation import load_dataset
+        from workers.measure import load_dataset
 
         arrays, _ = load_dataset(self.datasets[role], limit)
         return {s["name"]: arrays[s["name"]] for s in self.inputs}

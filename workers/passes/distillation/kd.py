@@ -180,7 +180,7 @@ def run(ctx: PassContext, params: DistillParams) -> PassResult:
     import torch
     import torch.nn.functional as F
 
-    from workers.evaluation import load_dataset
+    from workers.measure import load_dataset
     from workers.passes.torch_models import TorchModel, reexport
     from workers.passes.training.loop import fit, predict
 

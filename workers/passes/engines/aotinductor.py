@@ -68,8 +68,8 @@ def _attr(gm, target: str):
 def run(ctx: PassContext, params: AotInductorParams) -> PassResult:
     import torch
 
-    from workers.evaluation import max_relative_error
     from workers.formats import load_program
+    from workers.metrics import max_relative_error
     from workers.passes.torch_models import reexport
 
     program = load_program(ctx.model_path)

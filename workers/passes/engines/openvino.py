@@ -40,7 +40,7 @@ class OpenVinoParams(PassParams):
 def run(ctx: PassContext, params: OpenVinoParams) -> PassResult:
     import openvino as ov
 
-    from workers.evaluation import ov_precision
+    from workers.runtimes import ov_precision
 
     if ctx.model_format == "onnx":
         model = ov.convert_model(str(ctx.model_path))

@@ -29,8 +29,8 @@ def run(ctx: PassContext, params: OnnxExportParams) -> PassResult:
     import onnxruntime
     import torch
 
-    from workers.evaluation import max_relative_error
     from workers.formats import load_program, load_torch
+    from workers.metrics import max_relative_error
 
     feeds = ctx.example_inputs(2)
     args = tuple(torch.from_numpy(feeds[s["name"]]) for s in ctx.inputs)

@@ -111,7 +111,7 @@ def _gradually(ctx: PassContext, model: Any, params: MagnitudePruneParams) -> di
 
     import torch
 
-    from workers.evaluation import load_dataset
+    from workers.measure import load_dataset
     from workers.passes.training.finetune import train
 
     schedule = params.schedule

@@ -113,8 +113,8 @@ def remove(gm: Any) -> None:
 def run(ctx: PassContext, params: QatParams) -> PassResult:
     import torch
 
-    from workers.evaluation import load_dataset
     from workers.formats import load_program
+    from workers.measure import load_dataset
     from workers.passes.torch_models import reexport
     from workers.passes.training.finetune import train
     from workers.passes.training.loop import predict
@@ -159,7 +159,9 @@ def _convert(ctx: PassContext, program: Any, label: str, params: QatParams) -> A
 
 def _compare(ctx: PassContext, models: dict[str, Any]) -> dict[str, Any]:
     """Accuracy (class labels) or MSE to the labels of each model on the validation or training data."""
-    from workers.evaluation import load_dataset, load_runner, predict, task_metrics
+    from workers.measure import load_dataset
+    from workers.metrics import task_metrics
+    from workers.runtimes import load_runner, predict
 
     role = "validation" if "validation" in ctx.datasets else "training"
     arrays, labels = load_dataset(ctx.datasets[role], 2000)

@@ -50,7 +50,7 @@ def train(ctx: PassContext, module: Any, weights: dict[str, Any], params: Traini
     restoring an early epoch)."""
     import torch
 
-    from workers.evaluation import load_dataset
+    from workers.measure import load_dataset
     from workers.passes.training.loop import fit, predict
 
     torch.manual_seed(params.seed)
