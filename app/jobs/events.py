@@ -86,8 +86,9 @@ class Hub:
     def start(self, subscription: Subscription) -> None:
         """From the event loop, as the stream begins: make sure the poller runs."""
         subscription.started = True
-        if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._poll())
+        loop = asyncio.get_running_loop()
+        if self.task is None or self.task.done() or self.task.get_loop() is not loop:  # none, ended, or an old loop's
+            self.task = loop.create_task(self._poll())
 
     def unsubscribe(self, subscription: Subscription) -> None:
         with self.lock:
