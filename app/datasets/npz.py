@@ -71,9 +71,10 @@ def _check_array(name: str, shape: tuple[int, ...], dtype: np.dtype, data_bytes:
         raise UnprocessableUpload(f"array {name!r} is a scalar; every array needs a sample axis first")
     if 0 in shape:
         raise UnprocessableUpload(f"array {name!r} has shape {list(shape)}: an empty axis holds no samples")
-    if math.prod(shape) * dtype.itemsize > data_bytes:  # Python integers: a claimed shape cannot overflow
-        raise UnprocessableUpload(f"array {name!r} is truncated: shape {list(shape)} needs "
-                                  f"{math.prod(shape) * dtype.itemsize} bytes, it holds {data_bytes}")
+    needed = math.prod(shape) * dtype.itemsize  # Python integers: a claimed shape cannot overflow
+    if needed > data_bytes:
+        raise UnprocessableUpload(f"array {name!r} is truncated: shape {list(shape)} needs {needed} bytes, "
+                                  f"it holds {data_bytes}")
 
 
 def _check_finite(name: str, fh, dtype: np.dtype) -> None:

@@ -49,12 +49,12 @@ class Subscription:
     def __init__(self, job_id: str, tenant: str) -> None:
         self.job_id, self.tenant = job_id, tenant
         self.latest: dict[str, Any] | None = None
-        self.gone = self.started = False
+        self.started = False
         self.created = time.monotonic()
         self.fresh = asyncio.Event()
 
     def update(self, record: dict[str, Any] | None) -> None:
-        self.latest, self.gone = record, record is None
+        self.latest = record
         self.fresh.set()
 
 
@@ -151,7 +151,7 @@ async def stream(hub: Hub, subscription: Subscription, request: Request) -> Asyn
                 continue
             subscription.fresh.clear()
             now = subscription.latest
-            if subscription.gone or now is None:  # deleted while watched
+            if now is None:  # deleted while watched
                 return
             for kind, data in changes(before, now):
                 sequence += 1
