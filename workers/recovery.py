@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 
 from app.core.db import session_scope
+from app.core.errors import JobFailed, WorkerLost
 from app.core.queue import QUEUES, send_job, waiting_messages
 from app.core.settings import get_settings
 from app.core.storage import get_store
@@ -99,20 +100,17 @@ def _after_lost_lease(job: Job, now) -> tuple[str, dict, str]:
     if job.cancel_requested:
         return "cancelled", {**ended, "state": "cancelled"}, "cancelled as requested"
     if ran_s > limit:
-        return "failed", {**ended, "state": "failed", "error": {
-            "type": "https://tensorpress.dev/problems/job-failed", "title": "Job failed", "status": 500,
-            "step": job.current_step, "exception": "TimeLimitExceeded",
-            "detail": f"the job ran past its time limit of {limit} s ({ran_s:.0f} s) and its worker stopped "
-                      f"renewing its lease ({job.lease_owner}); it is not run again"}}, \
-            "failing the job: past its time limit"
+        return "failed", {**ended, "state": "failed", "error": JobFailed(
+            f"the job ran past its time limit of {limit} s ({ran_s:.0f} s) and its worker stopped renewing its "
+            f"lease ({job.lease_owner}); it is not run again", step=job.current_step,
+            exception="TimeLimitExceeded").to_problem()}, "failing the job: past its time limit"
     if job.attempt < job.max_attempts:
         return "requeued", {"state": "queued", "enqueued_at": None, "lease_owner": None,
                             "lease_expires_at": None}, "queued again"
-    return "failed", {**ended, "state": "failed", "error": {
-        "type": "https://tensorpress.dev/problems/worker-lost", "title": "Worker lost", "status": 500,
-        "step": job.current_step,
-        "detail": f"the worker running attempt {job.attempt} of {job.max_attempts} stopped renewing its lease "
-                  f"({job.lease_owner}); no attempts left"}}, "failing the job: no attempts left"
+    return "failed", {**ended, "state": "failed", "error": WorkerLost(
+        f"the worker running attempt {job.attempt} of {job.max_attempts} stopped renewing its lease "
+        f"({job.lease_owner}); no attempts left", step=job.current_step).to_problem()}, \
+        "failing the job: no attempts left"
 
 
 def expire(now) -> int:

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from app.core.confinement import probe
 from app.core.db import on_commit, session_scope, with_retries
+from app.core.errors import JobFailed
 from app.core.logs import JOB_ID
 from app.core.settings import get_settings
 from app.core.storage import get_store
@@ -360,9 +361,7 @@ class JobRun:
         self.log(f"failed{'' if self.current is None else f' in step {self.current}'}: {exc}\n{trace}",
                  level="error")
         self._mark_rest(steps, "skipped", failed=self.current)
-        self._finish("failed", steps, error={
-            "type": "https://tensorpress.dev/problems/job-failed", "title": "Job failed",
-            "status": 500, "detail": str(exc) or kind, "step": self.current, "exception": kind})
+        self._finish("failed", steps, error=JobFailed(str(exc) or kind, step=self.current, exception=kind).to_problem())
 
     def _first_good(self, steps: list[dict], base: Baseline) -> None:
         """Steps and presets: run the recipe; when a preset's result fails the gate, its next candidate from

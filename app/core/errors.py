@@ -50,6 +50,16 @@ class TensorPressError(Exception):
                 **self.extra}
 
 
+class JobFailed(TensorPressError):
+    """A job's own failure, kept as its ``error`` (not an HTTP answer)."""
+    status, title = 500, "Job failed"
+
+
+class WorkerLost(TensorPressError):
+    """A job whose worker stopped renewing its lease on its last attempt, kept as its ``error``."""
+    status, title = 500, "Worker lost"
+
+
 class BadRequest(TensorPressError):
     status, title = 400, "Bad request"
 
